@@ -1,0 +1,77 @@
+"""asyncjobs: a Postgres-backed job runner for thousands of IO-bound coroutine jobs per node.
+
+The public API is what this module exports (``__all__``); everything else is internal.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .app import App
+from .clock import Clock, SystemClock
+from .errors import (
+    AsyncJobsError,
+    ClosedError,
+    ConfigurationError,
+    InvalidJobOptionError,
+    JobCancelledError,
+    JobDefinitionError,
+    JobFailedError,
+    JobLostError,
+    JobNotFoundError,
+    JobOutcomeError,
+    JobTimeoutError,
+    NotStartedError,
+    PayloadEncodeError,
+    PayloadError,
+    PayloadTooLargeError,
+    ResultTimeoutError,
+    SchemaNotReadyError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownJobError,
+)
+from .jobs import JobContext, JobDef, JobId, JobRecord, JobState, Retry, Signature
+from .settings import Settings
+from .store.memory import MemoryStore
+
+try:
+    __version__ = version("asyncjobs")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "App",
+    "AsyncJobsError",
+    "Clock",
+    "ClosedError",
+    "ConfigurationError",
+    "InvalidJobOptionError",
+    "JobCancelledError",
+    "JobContext",
+    "JobDef",
+    "JobDefinitionError",
+    "JobFailedError",
+    "JobId",
+    "JobLostError",
+    "JobNotFoundError",
+    "JobOutcomeError",
+    "JobRecord",
+    "JobState",
+    "JobTimeoutError",
+    "MemoryStore",
+    "NotStartedError",
+    "PayloadEncodeError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "ResultTimeoutError",
+    "Retry",
+    "SchemaNotReadyError",
+    "Settings",
+    "Signature",
+    "StoreError",
+    "StoreUnavailableError",
+    "SystemClock",
+    "UnknownJobError",
+    "__version__",
+]

@@ -1,0 +1,399 @@
+"""The ``asyncjobs`` command: run a node, enqueue a job, migrate the schema.
+
+Every command takes the settings flags (``--dsn``, ``--schema``, ...) and reads ``ASYNCJOBS_*``
+variables; flags win. Errors are printed as one sentence, never as a traceback, and the exit
+status says what happened: 0 ok, 1 the job or command failed, 2 bad usage or configuration,
+3 the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import anyio
+import orjson
+
+from .app import App
+from .errors import (
+    AsyncJobsError,
+    ConfigurationError,
+    JobOutcomeError,
+    ResultTimeoutError,
+    StoreUnavailableError,
+)
+from .settings import Settings
+
+log = logging.getLogger("asyncjobs.cli")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(Exception):
+    """A problem to report as one sentence, with an exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- loading the app ----------------------------------------------------------------------------
+
+
+def load_app(spec: str | None) -> App:
+    """Import ``module:attribute`` and return the App it names."""
+    spec = spec or os.environ.get("ASYNCJOBS_APP")
+    if not spec:
+        raise CliError(
+            "no app given: pass --app module:attribute (for example --app myproject.jobs:app) "
+            "or set ASYNCJOBS_APP"
+        )
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CliError(f"--app {spec!r} is not of the form module:attribute (e.g. mypkg.jobs:app)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the current directory is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise CliError(
+                f"cannot import module {module_name!r} for --app {spec!r}: {exc}. Run from the "
+                "directory that contains it, or install its package"
+            ) from None
+        raise
+    app = getattr(module, attribute, None)
+    if app is None:
+        raise CliError(f"module {module_name!r} has no attribute {attribute!r} (--app {spec!r})")
+    if not isinstance(app, App):
+        raise CliError(f"--app {spec!r} is a {type(app).__name__}, not an asyncjobs App")
+    return app
+
+
+def import_plugins(spec: str | None) -> None:
+    """Import extra modules (``--plugins a.b,c.d``) so their jobs register on the app."""
+    for raw in (spec or "").split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise CliError(f"cannot import plug-in module {name!r}: {exc}") from None
+
+
+def settings_changes(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for name in ("dsn", "schema", "table_prefix", "concurrency", "queues", "shutdown_grace_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    return changes
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+async def cmd_node(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    import_plugins(args.plugins)
+    app.configure(**settings_changes(args))
+    stop = anyio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        name = signal.Signals(signum).name
+        if signals_seen == 1:
+            log.info(
+                "%s received: stopping (no new jobs; running jobs get %g s to finish)",
+                name,
+                app.settings.shutdown_grace_s,
+            )
+            stop.set()
+        else:
+            log.warning("%s received again: cancelling running jobs now", name)
+            if app.node is not None:
+                app.node.stop(grace=0.0)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await app.start()
+        node = app.node
+        await _wait_any(stop.wait(), node.wait_stopped())
+    finally:
+        await app.stop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+async def _wait_any(*awaitables: Coroutine[Any, Any, Any]) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def run(aw: Coroutine[Any, Any, Any]) -> None:
+            await aw
+            tg.cancel_scope.cancel()
+
+        for aw in awaitables:
+            tg.start_soon(run, aw)
+
+
+async def cmd_enqueue(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    import_plugins(args.plugins)
+    app.configure(**settings_changes(args))
+    positional, keyword = _parse_call_args(args.args, args.kwargs)
+    await app.start(node=False)
+    try:
+        job_id = await app.enqueue(
+            args.name,
+            *positional,
+            queue=args.queue,
+            priority=args.priority,
+            delay=args.delay,
+            unique_key=args.unique_key,
+            **keyword,
+        )
+        if args.json:
+            _print_json({"id": str(job_id)})
+        else:
+            print(job_id)
+        if args.wait is not None:
+            result = await app.result(job_id, timeout=args.wait or None)
+            if args.json:
+                _print_json({"id": str(job_id), "state": "succeeded", "result": result})
+            else:
+                print(orjson.dumps(result).decode())
+    finally:
+        await app.stop()
+    return EXIT_OK
+
+
+def _parse_call_args(
+    raw_args: str | None, raw_kwargs: str | None
+) -> tuple[list[Any], dict[str, Any]]:
+    positional: list[Any] = []
+    keyword: dict[str, Any] = {}
+    if raw_args:
+        try:
+            positional = orjson.loads(raw_args)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--args {raw_args!r} is not valid JSON ({exc})") from None
+        if not isinstance(positional, list):
+            raise CliError(f"--args must be a JSON array, like '[1, \"two\"]', not {raw_args!r}")
+    if raw_kwargs:
+        try:
+            keyword = orjson.loads(raw_kwargs)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--kwargs {raw_kwargs!r} is not valid JSON ({exc})") from None
+        if not isinstance(keyword, dict):
+            raise CliError(
+                f'--kwargs must be a JSON object, like \'{{"vm": "a"}}\', not {raw_kwargs!r}'
+            )
+    return positional, keyword
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings_for(args)
+    from .app import make_store
+
+    store = make_store(settings)
+    await store.open()
+    try:
+        applied = await store.migrate()
+    finally:
+        await store.close()
+    where = store.description
+    print(f"applied {', '.join(applied)} to {where}" if applied else f"{where} is up to date")
+    return EXIT_OK
+
+
+def _settings_for(args: argparse.Namespace) -> Settings:
+    """Settings for commands that need no app: from --app if given, else the environment."""
+    if getattr(args, "app", None) or os.environ.get("ASYNCJOBS_APP"):
+        app = load_app(args.app)
+        app.configure(**settings_changes(args))
+        return app.settings
+    return Settings.from_env(**settings_changes(args))
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# -- the parser -----------------------------------------------------------------------------------
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, *, node: bool = False) -> None:
+    group = parser.add_argument_group("connection (flags override ASYNCJOBS_* variables)")
+    group.add_argument(
+        "--dsn",
+        help="Postgres URL, e.g. postgresql://user@host:5432/db "
+        "(env ASYNCJOBS_DSN); memory:// for the in-process store",
+    )
+    group.add_argument("--schema", help="Postgres schema of the tables (default public)")
+    group.add_argument(
+        "--table-prefix", dest="table_prefix", help="prefix of table names (default asyncjobs_)"
+    )
+    if node:
+        group = parser.add_argument_group("node")
+        group.add_argument(
+            "--concurrency", type=int, help="most jobs running at once on this node (default 100)"
+        )
+        group.add_argument(
+            "--queues",
+            help="queues to serve, with optional limits: 'default,reports=5' (default: default)",
+        )
+        group.add_argument(
+            "--shutdown-grace",
+            dest="shutdown_grace_s",
+            type=float,
+            help="seconds running jobs get to finish on SIGTERM (default 30)",
+        )
+
+
+def _add_app_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--app",
+        required=False,
+        help="the app, as module:attribute (env ASYNCJOBS_APP)"
+        + ("" if required else "; optional"),
+    )
+    parser.add_argument(
+        "--plugins",
+        help="extra modules to import, comma-separated, "
+        "so that their jobs register (e.g. plugins_example.io)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asyncjobs",
+        description="asyncjobs: a Postgres-backed job runner. Settings come from ASYNCJOBS_* "
+        "environment variables; flags override them.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("ASYNCJOBS_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO (default), WARNING or ERROR",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "node",
+        help="run a node: claim and run jobs until SIGTERM",
+        description="Run a node. It migrates the schema, then claims and runs "
+        "jobs from its queues. SIGTERM or SIGINT stops it gracefully (no new "
+        "jobs; running jobs get --shutdown-grace seconds); a second signal "
+        "cancels running jobs at once.",
+    )
+    _add_app_flags(p, required=True)
+    _add_settings_flags(p, node=True)
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser(
+        "enqueue",
+        help="enqueue one job and print its id",
+        description="Enqueue one job by name and print its id.",
+    )
+    p.add_argument("name", help="the job's registered name")
+    p.add_argument("--args", help="positional arguments as a JSON array, e.g. '[1, \"a\"]'")
+    p.add_argument("--kwargs", help='keyword arguments as a JSON object, e.g. \'{"vm": "a"}\'')
+    p.add_argument("--queue", help="override the job's queue")
+    p.add_argument("--priority", type=int, help="override the job's priority (higher first)")
+    p.add_argument("--delay", type=float, help="run after this many seconds")
+    p.add_argument(
+        "--unique-key",
+        dest="unique_key",
+        help="skip if an unfinished job holds this key (its id is printed)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=0.0,
+        metavar="SECONDS",
+        help="wait for the result and print it (optionally at most SECONDS)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_app_flags(p, required=True)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the tables (safe to repeat)",
+        description="Apply pending schema migrations. Safe to run on every "
+        "deploy and from several machines at once.",
+    )
+    _add_app_flags(p, required=False)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        print(
+            f"asyncjobs: --log-level {args.log_level!r} is not one of DEBUG, INFO, WARNING, ERROR",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_command(args.func, args)
+
+
+def run_command(
+    func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    try:
+        return anyio.run(func, args, backend="asyncio", backend_options=_backend_options())
+    except CliError as exc:
+        return _fail(str(exc), exc.code)
+    except ConfigurationError as exc:
+        return _fail(f"{exc}", EXIT_USAGE)
+    except StoreUnavailableError as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
+    except (JobOutcomeError, ResultTimeoutError) as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except AsyncJobsError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"asyncjobs: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Coalescing of concurrent ``enqueue()`` calls into one INSERT per round trip.
+
+There is no timer and no fixed window. A call made while no write is in flight writes at once,
+in the caller's own task, so a lone caller pays exactly one round trip. Calls made while a write
+is in flight wait in a list; when the write returns, one flush task writes the whole list in one
+statement. Under load the batches grow by themselves to what arrived during one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .jobs import JobId
+from .store.base import NewJob, Store
+
+log = logging.getLogger("asyncjobs.enqueue")
+
+
+class EnqueueBatcher:
+    """Writes single jobs, batching the calls that overlap in time."""
+
+    def __init__(self, store: Store, max_batch: int) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._pending: list[tuple[NewJob, asyncio.Future[JobId]]] = []
+        self._busy = False  # a write (direct or flush) is in flight
+        self._flush_task: asyncio.Task[None] | None = None
+
+    async def submit(self, job: NewJob) -> JobId:
+        """Write one job and return its id (or the id of the unfinished job sharing its
+        unique key). If the caller is cancelled while waiting, the job may still be written."""
+        if not self._busy:
+            self._busy = True
+            try:
+                ids = await self._store.enqueue([job])
+            finally:
+                self._busy = False
+                self._start_flush_if_needed()
+            return ids[0]
+        future: asyncio.Future[JobId] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        return await future
+
+    def _start_flush_if_needed(self) -> None:
+        if self._pending and not self._busy:
+            self._busy = True
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    ids = await self._store.enqueue([job for job, _ in batch])
+                except BaseException as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), job_id in zip(batch, ids, strict=True):
+                    if not future.done():
+                        future.set_result(job_id)
+        finally:
+            self._busy = False
+            self._flush_task = None
+            # A cancelled flush leaves its waiters failed above; anything queued after it
+            # gets a fresh flush.
+            self._start_flush_if_needed()
+
+    async def drain(self) -> None:
+        """Wait until every submitted job is written (or has failed)."""
+        while (task := self._flush_task) is not None:
+            await asyncio.wait([task])

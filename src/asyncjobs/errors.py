@@ -1,0 +1,227 @@
+"""Every error asyncjobs raises, under one root.
+
+Errors carry their data as attributes (``UnknownJobError.name``, ``PayloadTooLargeError.size``)
+and render a sentence that names the offending value and says what to do. Driver errors are
+wrapped at the store boundary with ``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AsyncJobsError(Exception):
+    """Something went wrong in asyncjobs."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+# -- configuration and declaration --------------------------------------------------------------
+
+
+class ConfigurationError(AsyncJobsError):
+    """A setting has a value that cannot work.
+
+    ``field`` names the setting (as in ``Settings``), ``value`` is what was given.
+    """
+
+    def __init__(self, field: str, value: Any, why: str) -> None:
+        self.field = field
+        self.value = value
+        self.why = why
+        super().__init__(f"setting {field}={value!r} is invalid: {why}")
+
+
+class JobDefinitionError(AsyncJobsError):
+    """A job was declared in a way that cannot run."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        self.why = why
+        super().__init__(f"job {name!r} cannot be registered: {why}")
+
+
+class UnknownJobError(AsyncJobsError):
+    """No job is registered under this name."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        self.name = name
+        hint = ""
+        if known:
+            shown = ", ".join(sorted(known)[:10])
+            hint = f" Registered jobs: {shown}{', ...' if len(known) > 10 else ''}."
+        super().__init__(
+            f"unknown job {name!r}: no job with this name is registered on this app.{hint} "
+            "Check the name, or import the module that declares it before enqueueing."
+        )
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+
+class PayloadError(AsyncJobsError):
+    """A payload (arguments or result) cannot be stored."""
+
+
+class PayloadEncodeError(PayloadError, TypeError):
+    """A value cannot be encoded as JSON.
+
+    ``path`` is where the value sits, for example ``kwargs['vm']['disks'][0]``.
+    """
+
+    def __init__(self, job: str, what: str, path: str, type_name: str, hint: str = "") -> None:
+        self.job = job
+        self.what = what
+        self.path = path
+        self.type_name = type_name
+        super().__init__(
+            f"cannot encode {what} {path} of job {job!r}: a value of type {type_name} is not "
+            "JSON. Pass only str, int, float, bool, None, list and dict with str keys"
+            f"{hint}."
+        )
+
+
+class PayloadTooLargeError(PayloadError, ValueError):
+    """An encoded payload is over the size limit."""
+
+    def __init__(self, job: str, what: str, size: int, limit: int) -> None:
+        self.job = job
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the {what} of job {job!r} encode to {size:,} bytes, over the limit of "
+            f"{limit:,} bytes (max_payload_bytes). Store large data elsewhere (a file, an "
+            "object store, a table) and pass a reference instead."
+        )
+
+
+class InvalidJobOptionError(AsyncJobsError, ValueError):
+    """An option given at enqueue time cannot work (priority out of range, bad queue...)."""
+
+    def __init__(self, job: str, option: str, value: Any, why: str) -> None:
+        self.job = job
+        self.option = option
+        self.value = value
+        super().__init__(f"cannot enqueue job {job!r} with {option}={value!r}: {why}")
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+class StoreError(AsyncJobsError):
+    """The job store failed."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The database cannot be reached."""
+
+    def __init__(self, target: str, why: str) -> None:
+        self.target = target
+        self.why = why
+        super().__init__(
+            f"cannot reach Postgres at {target}: {why}. Check that the server is running and "
+            "that the DSN (--dsn or ASYNCJOBS_DSN) names the right host, port and database."
+        )
+
+
+class SchemaNotReadyError(StoreError):
+    """The database has no asyncjobs tables yet, or older ones."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        self.where = where
+        super().__init__(
+            f"the asyncjobs schema in {where} is not ready ({detail}). "
+            "Run `asyncjobs migrate` (or start a node, which migrates on start)."
+        )
+
+
+class NotStartedError(AsyncJobsError):
+    """The app is not started: use ``async with app:`` or ``await app.start()`` first."""
+
+
+class ClosedError(AsyncJobsError):
+    """The app was stopped and cannot be used again; create a new App."""
+
+
+class JobNotFoundError(AsyncJobsError, LookupError):
+    """No job has this id."""
+
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"no job with id {job_id} exists (it may have been pruned after the retention period)"
+        )
+
+
+# -- job outcomes, as seen by callers of App.result() ------------------------------------------
+
+
+class JobOutcomeError(AsyncJobsError):
+    """A job ended without a result."""
+
+    def __init__(self, job_id: object, name: str, message: str) -> None:
+        self.job_id = job_id
+        self.job_name = name
+        super().__init__(message)
+
+
+class JobFailedError(JobOutcomeError):
+    """The job raised, and has no attempts left.
+
+    ``error_type``, ``error_message`` and ``traceback`` come from the failed attempt.
+    """
+
+    def __init__(self, job_id: object, name: str, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        self.error_type = str(error.get("type", "unknown"))
+        self.error_message = str(error.get("message", ""))
+        self.traceback = str(error.get("traceback", ""))
+        super().__init__(
+            job_id, name, f"job {name!r} ({job_id}) failed: {self.error_type}: {self.error_message}"
+        )
+
+
+class JobCancelledError(JobOutcomeError):
+    """The job was cancelled before it finished."""
+
+    def __init__(self, job_id: object, name: str, reason: str | None) -> None:
+        self.reason = reason
+        super().__init__(job_id, name, f"job {name!r} ({job_id}) was cancelled: {reason}")
+
+
+class JobLostError(JobOutcomeError):
+    """The job was running on a node that died, and may not be retried."""
+
+    def __init__(self, job_id: object, name: str, reason: str | None) -> None:
+        self.reason = reason
+        super().__init__(job_id, name, f"job {name!r} ({job_id}) was lost: {reason}")
+
+
+class ResultTimeoutError(AsyncJobsError, TimeoutError):
+    """The job did not finish within the time the caller was willing to wait.
+
+    The job itself is not affected: it keeps running.
+    """
+
+    def __init__(self, job_id: object, timeout: float) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        super().__init__(
+            f"job {job_id} did not finish within {timeout:g} s; it keeps running. "
+            "Wait again, or cancel it with app.cancel()."
+        )
+
+
+# -- raised inside running jobs ----------------------------------------------------------------
+
+
+class JobTimeoutError(AsyncJobsError, TimeoutError):
+    """The job ran past its time limit."""
+
+    def __init__(self, name: str, limit: float, kind: str) -> None:
+        self.job_name = name
+        self.limit = limit
+        self.kind = kind
+        super().__init__(f"job {name!r} exceeded its {kind} time limit of {limit:g} s")

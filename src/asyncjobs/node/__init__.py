@@ -1,0 +1,1 @@
+"""The node: the scheduler that claims, runs and completes jobs."""

@@ -1,0 +1,103 @@
+"""The completer: buffers outcomes and writes them in batches, one statement per flush.
+
+Like the enqueue path it batches by itself: outcomes that arrive while a flush is in flight go
+into the next one. When the database is unreachable the buffer is kept, in order, and the
+flush is retried with backoff; nothing is dropped. The store fences every outcome by
+(attempt, node): a stale one is rejected and reported here, never written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+
+from ..errors import StoreError, StoreUnavailableError
+from ..jobs import JobId
+from ..store.base import Outcome, Store
+
+log = logging.getLogger("asyncjobs.node")
+
+MAX_FLUSH = 5000  # outcomes per statement, so one statement stays small
+RETRY_MIN_S = 0.05
+RETRY_MAX_S = 5.0
+
+
+class Completer:
+    def __init__(
+        self,
+        store: Store,
+        node_id: JobId,
+        on_rejected: Callable[[list[JobId]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._node_id = node_id
+        self._on_rejected = on_rejected
+        self._buffer: list[Outcome] = []
+        self._has_work = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.flushed = 0  # outcomes written, for metrics and tests
+        self.failures = 0  # failed flush attempts
+
+    def add(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._has_work.set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        """Flush whenever there is work, until cancelled."""
+        while True:
+            await self._has_work.wait()
+            self._has_work = anyio.Event()
+            await self._flush_all()
+
+    async def _flush_all(self) -> None:
+        delay = RETRY_MIN_S
+        while self._buffer:
+            batch = self._buffer[:MAX_FLUSH]
+            try:
+                rejected = await self._store.complete(self._node_id, batch)
+            except StoreUnavailableError as exc:
+                self.failures += 1
+                log.warning(
+                    "cannot write %d job outcomes (%s); keeping them and retrying in %.2f s",
+                    len(self._buffer),
+                    exc.why,
+                    delay,
+                )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except StoreError:
+                # A statement error would repeat forever; keep the outcomes (nothing is lost
+                # while the node lives) and make the failure loud.
+                self.failures += 1
+                log.exception("writing %d job outcomes failed; retrying", len(batch))
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            del self._buffer[: len(batch)]
+            self.flushed += len(batch) - len(rejected)
+            delay = RETRY_MIN_S
+            if rejected:
+                log.warning(
+                    "rejected %d stale outcomes (the job moved on without this node): %s",
+                    len(rejected),
+                    ", ".join(str(j) for j in rejected[:10]),
+                )
+                if self._on_rejected is not None:
+                    self._on_rejected(rejected)
+        self._idle.set()
+
+    async def wait_flushed(self) -> None:
+        """Wait until everything added so far is written (or rejected)."""
+        if self._buffer:
+            self._has_work.set()
+        await self._idle.wait()

@@ -1,0 +1,190 @@
+"""Running one coroutine job, and turning how it ended into an ``Outcome``.
+
+Each job is one asyncio task running ``execute``. Nothing else is allocated per job unless the
+job asks for it: no cancel scope (a deadline is one timer handle on the loop's own heap, and
+only for jobs that declare a time limit), and a ``JobContext`` only for jobs that take one.
+
+Why a job stops early is recorded in ``RunningJob.stop_reason`` *before* its task is cancelled,
+so the ``CancelledError`` handler knows whether it is a cancel request, a time limit or a node
+shutdown, and the outcome follows the table in DESIGN §10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import JobTimeoutError, PayloadError
+from ..jobs import JobContext, JobDef, JobId
+from ..serialization import encode_result
+from ..store.base import ClaimedJob, Outcome
+
+if TYPE_CHECKING:
+    from .node import Node
+
+MAX_TRACEBACK_CHARS = 32_000  # keep error payloads small; the end of a traceback matters most
+MAX_MESSAGE_CHARS = 4_000
+
+# Reasons a node stops a job itself. The values are stored as the job's `reason`.
+STOP_CANCEL = "cancel requested"
+STOP_SOFT_TIMEOUT = "soft time limit"
+STOP_TIMEOUT = "time limit"
+STOP_SHUTDOWN = "node shutdown"
+
+
+class RunningJob:
+    """What the node keeps for one running attempt."""
+
+    __slots__ = (
+        "attempt",
+        "ctx",
+        "definition",
+        "finished",
+        "handles",
+        "id",
+        "max_attempts",
+        "name",
+        "queue",
+        "stop_reason",
+        "task",
+    )
+
+    def __init__(self, claimed: ClaimedJob, definition: JobDef[Any, Any] | None) -> None:
+        self.id: JobId = claimed.id
+        self.name = claimed.name
+        self.queue = claimed.queue
+        self.attempt = claimed.attempt
+        self.max_attempts = claimed.max_attempts
+        self.definition = definition
+        self.task: asyncio.Task[None] | None = None
+        self.ctx: JobContext | None = None
+        self.stop_reason: str | None = None
+        self.handles: list[asyncio.TimerHandle] | None = None
+        self.finished = False
+
+
+async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
+    """The body of a job's task: run it, then hand the outcome to the node."""
+    definition = job.definition
+    assert definition is not None
+    try:
+        args, kwargs = orjson.loads(raw_args)
+        if definition.wants_context:
+            job.ctx = JobContext(
+                node.app, job.id, job.name, job.queue, job.attempt, job.max_attempts
+            )
+            args.insert(0, job.ctx)
+        value = await definition.fn(*args, **kwargs)
+    except asyncio.CancelledError:
+        outcome = stopped_outcome(node, job)
+    except (Exception, SystemExit) as exc:
+        outcome = failed_outcome(node, job, exc)
+    else:
+        try:
+            data = encode_result(job.name, value, node.settings.max_payload_bytes)
+        except PayloadError as exc:
+            outcome = failed_outcome(node, job, exc)
+        else:
+            outcome = Outcome(
+                job.id,
+                job.attempt,
+                "succeeded",
+                None if value is None else data,
+                None,
+                node.clock.time(),
+                None,
+                None,
+            )
+    node.finish(job, outcome)
+
+
+def error_payload(exc: BaseException) -> bytes:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    tb = "".join(traceback.format_exception(exc))
+    return orjson.dumps(
+        {
+            "type": name,
+            "message": str(exc)[:MAX_MESSAGE_CHARS],
+            "traceback": tb[-MAX_TRACEBACK_CHARS:],
+        }
+    )
+
+
+def failed_outcome(node: Node, job: RunningJob, exc: BaseException) -> Outcome:
+    """Failed for good, or re-queued after a backoff if the job's retry policy allows."""
+    now = node.clock.time()
+    error = error_payload(exc)
+    retry = job.definition.retry if job.definition else None
+    if retry is not None and job.attempt < job.max_attempts and retry.retries(exc):
+        delay = retry.delay(job.attempt)
+        reason = f"attempt {job.attempt} of {job.max_attempts} raised {type(exc).__name__}"
+        state = "scheduled" if delay > 0 else "queued"
+        return Outcome(job.id, job.attempt, state, None, error, now, now + delay, reason)
+    return Outcome(job.id, job.attempt, "failed", None, error, now, None, None)
+
+
+def stopped_outcome(node: Node, job: RunningJob) -> Outcome:
+    """The outcome of a job whose task was cancelled, according to why it was."""
+    reason = job.stop_reason
+    now = node.clock.time()
+    definition = job.definition
+    if reason == STOP_CANCEL:
+        # None keeps the reason the canceller gave, stored with the request.
+        return Outcome(job.id, job.attempt, "cancelled", None, None, now, None, None)
+    if reason == STOP_SHUTDOWN:
+        return shutdown_outcome(job, now)
+    if reason in (STOP_SOFT_TIMEOUT, STOP_TIMEOUT) and definition is not None:
+        limit = definition.soft_timeout if reason == STOP_SOFT_TIMEOUT else definition.timeout
+        kind = "soft" if reason == STOP_SOFT_TIMEOUT else "hard"
+        return failed_outcome(node, job, JobTimeoutError(job.name, limit or 0.0, kind))
+    # The job's own code raised CancelledError (for example it awaited something that was
+    # cancelled). Nobody asked it to stop, so it is a failure like any other exception.
+    return failed_outcome(node, job, asyncio.CancelledError("the job raised CancelledError"))
+
+
+def shutdown_outcome(job: RunningJob, now: float) -> Outcome:
+    """A job interrupted by node shutdown: re-queued if it has attempts left, else cancelled."""
+    if job.attempt < job.max_attempts and job.definition is not None and job.definition.retry:
+        return Outcome(job.id, job.attempt, "queued", None, None, now, now, STOP_SHUTDOWN)
+    return Outcome(job.id, job.attempt, "cancelled", None, None, now, None, STOP_SHUTDOWN)
+
+
+def abandoned_outcome(node: Node, job: RunningJob) -> Outcome:
+    """A job that did not end within the grace period after being stopped.
+
+    Its task is left to finish (a coroutine cannot be killed), but its slot is freed and its
+    outcome is written now; whatever the task does later is ignored.
+    """
+    if job.stop_reason == STOP_SHUTDOWN:
+        return shutdown_outcome(job, node.clock.time())
+    if job.stop_reason == STOP_CANCEL:
+        return Outcome(job.id, job.attempt, "cancelled", None, None, node.clock.time(), None, None)
+    definition = job.definition
+    limit = (definition.timeout or definition.soft_timeout or 0.0) if definition else 0.0
+    return failed_outcome(node, job, JobTimeoutError(job.name, limit, "hard"))
+
+
+def unknown_job_outcome(node: Node, claimed: ClaimedJob) -> Outcome:
+    """A claimed job whose name this node does not know: failed, and the node goes on."""
+    error = orjson.dumps(
+        {
+            "type": "asyncjobs.errors.UnknownJobError",
+            "message": (
+                f"unknown job {claimed.name!r}: node {node.id} has no job registered under this "
+                "name. Deploy the code that declares it to every node serving queue "
+                f"{claimed.queue!r}."
+            ),
+            "traceback": "",
+        }
+    )
+    return Outcome(
+        claimed.id, claimed.attempt, "failed", None, error, node.clock.time(), None, "unknown job"
+    )

@@ -1,0 +1,337 @@
+"""The node: fetch -> dispatch -> complete, with heartbeat, promoter and graceful shutdown.
+
+One event loop runs everything. The long-lived services (fetcher, completer, heartbeat,
+promoter) run in one anyio task group, so if one dies the node stops loudly instead of limping
+on. Jobs are plain asyncio tasks outside that group: thousands of them, a few KB each.
+
+Capacity is explicit: ``settings.concurrency`` for the node and an optional limit per queue.
+The fetcher claims up to the free capacity of each queue in one round trip, and only from
+queues that may have work (told by NOTIFY, by a claim that came back full, or by the poll).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import StoreUnavailableError
+from ..ids import new_id
+from ..jobs import JobId
+from ..settings import Settings
+from ..store.base import ClaimedJob, NodeInfo, Outcome, Store, StoreEvent
+from .completer import Completer
+from .execution import (
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    STOP_SOFT_TIMEOUT,
+    STOP_TIMEOUT,
+    RunningJob,
+    abandoned_outcome,
+    execute,
+    unknown_job_outcome,
+)
+from .heartbeat import run_heartbeat
+from .promoter import Promoter
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger("asyncjobs.node")
+
+CLAIM_RETRY_MAX_S = 5.0  # backoff cap when claiming fails because the database is unreachable
+
+
+class Node:
+    """Runs an app's coroutine jobs. Created and driven by ``App.start()`` / ``asyncjobs node``."""
+
+    def __init__(self, app: App, store: Store, settings: Settings) -> None:
+        from .. import __version__
+
+        self.app = app
+        self.store = store
+        self.settings = settings
+        self.clock = app.clock
+        self.id: JobId = new_id()
+        self.info = NodeInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            version=__version__,
+            queues=settings.queue_names,
+            concurrency=settings.concurrency,
+        )
+        self.running: dict[JobId, RunningJob] = {}
+        self.free = settings.concurrency
+        self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
+        self.queue_free = dict(self.queue_limit)
+        self.completer = Completer(store, self.id)
+        self.promoter = Promoter(self)
+        self.claimed_total = 0
+        self._maybe_ready: set[str] = set(self.queue_limit)  # check every queue at start
+        self._wake = asyncio.Event()
+        self._draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._started = anyio.Event()
+        self._stop = anyio.Event()
+        self._stopped = anyio.Event()
+        self._shutdown_grace = settings.shutdown_grace_s
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until ``stop()``; then drain, flush and deregister."""
+        await self.store.register_node(self.info)
+        log.info(
+            "node %s started: queues %s, concurrency %d, store %s",
+            self.id,
+            ",".join(self.info.queues),
+            self.settings.concurrency,
+            self.store.description,
+        )
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self.completer.run)
+                services.start_soon(run_heartbeat, self)
+                services.start_soon(self.promoter.run)
+                async with anyio.create_task_group() as fetching:
+                    fetching.start_soon(self._fetch_loop)
+                    self._started.set()
+                    task_status.started()
+                    await self._stop.wait()
+                    fetching.cancel_scope.cancel()  # stop claiming first
+                await self._drain()
+                with anyio.move_on_after(max(self.settings.connect_timeout_s, 5.0)):
+                    await self.completer.wait_flushed()
+                if self.completer.buffered:
+                    log.error(
+                        "node %s stops with %d job outcomes it could not write; the reaper "
+                        "will treat those jobs as interrupted",
+                        self.id,
+                        self.completer.buffered,
+                    )
+                services.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                try:
+                    await self.store.deregister_node(self.id)
+                except Exception as exc:  # the database may be the reason we are stopping
+                    log.warning("could not mark node %s stopped: %s", self.id, exc)
+            self._stopped.set()
+            log.info("node %s stopped", self.id)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Ask the node to stop: no more claims, running jobs get ``grace`` seconds to end."""
+        if grace is not None:
+            self._shutdown_grace = min(self._shutdown_grace, grace)
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        self._draining = True
+        if self.running:
+            log.info(
+                "node %s draining %d running jobs (up to %g s)",
+                self.id,
+                len(self.running),
+                self._shutdown_grace,
+            )
+            with anyio.move_on_after(self._shutdown_grace):
+                await self._idle.wait()
+        if self.running:
+            log.warning(
+                "node %s cancelling %d jobs still running after the shutdown grace period",
+                self.id,
+                len(self.running),
+            )
+            for job in list(self.running.values()):
+                self._stop_job(job, STOP_SHUTDOWN)
+            with anyio.move_on_after(self.settings.cancel_grace_s):
+                await self._idle.wait()
+            for job in list(self.running.values()):
+                self._abandon(job)
+
+    # -- the fetcher ---------------------------------------------------------------------------
+
+    def _claim_limits(self) -> dict[str, int]:
+        limits: dict[str, int] = {}
+        budget = min(self.free, self.settings.claim_batch_size)
+        for queue in self._maybe_ready:
+            n = min(self.queue_free[queue], budget)
+            if n > 0:
+                limits[queue] = n
+        return limits
+
+    async def _fetch_loop(self) -> None:
+        retry_delay = 0.05
+        poll = self.settings.poll_interval_s
+        while True:
+            limits = self._claim_limits()
+            if limits:
+                try:
+                    claimed = await self.store.claim(self.id, limits, self.clock.time())
+                except StoreUnavailableError as exc:
+                    log.warning("cannot claim jobs (%s); retrying in %.2f s", exc.why, retry_delay)
+                    await anyio.sleep(retry_delay)
+                    retry_delay = min(retry_delay * 2, CLAIM_RETRY_MAX_S)
+                    continue
+                retry_delay = 0.05
+                self._dispatch(claimed, limits)
+                continue
+            self._wake.clear()
+            with anyio.move_on_after(poll) as timer:
+                await self._wake.wait()
+            if timer.cancelled_caught:
+                self._maybe_ready.update(self.queue_limit)  # the poll fallback: look everywhere
+
+    def _dispatch(self, claimed: list[ClaimedJob], limits: dict[str, int]) -> None:
+        per_queue: dict[str, int] = dict.fromkeys(limits, 0)
+        for job in claimed:
+            per_queue[job.queue] += 1
+            self._start(job)
+        self.claimed_total += len(claimed)
+        for queue, asked in limits.items():
+            if per_queue[queue] < asked:
+                self._maybe_ready.discard(queue)  # it had fewer than we could take: drained
+
+    def _start(self, claimed: ClaimedJob) -> None:
+        definition = self.app.registry.get(claimed.name)
+        job = RunningJob(claimed, definition)
+        self.running[job.id] = job
+        self.free -= 1
+        self.queue_free[job.queue] -= 1
+        self._idle.clear()
+        if definition is None:
+            self.finish(job, unknown_job_outcome(self, claimed))
+            return
+        loop = asyncio.get_running_loop()
+        job.task = loop.create_task(execute(self, job, claimed.args))
+        if definition.soft_timeout is not None or definition.timeout is not None:
+            self._arm_deadlines(job, loop)
+
+    def finish(self, job: RunningJob, outcome: Outcome) -> None:
+        """Record how an attempt ended and free its slot (once; later calls are ignored)."""
+        if job.finished:
+            return
+        job.finished = True
+        if job.handles:
+            for handle in job.handles:
+                handle.cancel()
+        del self.running[job.id]
+        self.free += 1
+        self.queue_free[job.queue] += 1
+        self.completer.add(outcome)
+        if self._maybe_ready:
+            self._wake.set()
+        if not self.running:
+            self._idle.set()
+
+    # -- stopping jobs: cancel requests, time limits, shutdown ----------------------------------
+
+    def _arm_deadlines(self, job: RunningJob, loop: asyncio.AbstractEventLoop) -> None:
+        definition = job.definition
+        assert definition is not None
+        now = loop.time()
+        soft, hard = definition.soft_timeout, definition.timeout
+        handles = []
+        if soft is not None:
+            handles.append(loop.call_at(now + soft, self._stop_job, job, STOP_SOFT_TIMEOUT))
+        elif hard is not None:
+            handles.append(loop.call_at(now + hard, self._stop_job, job, STOP_TIMEOUT))
+        if soft is not None and hard is not None:
+            handles.append(loop.call_at(now + hard, self._abandon, job))
+        job.handles = handles
+
+    def _stop_job(self, job: RunningJob, reason: str) -> None:
+        """Cancel a job's task, remembering why; abandon it if it ignores that for too long."""
+        if job.finished or job.task is None:
+            return
+        if job.stop_reason is None or reason == STOP_CANCEL:
+            job.stop_reason = reason
+        if reason == STOP_CANCEL and job.ctx is not None:
+            job.ctx._cancel_requested = True
+        job.task.cancel(reason)
+        grace_handle = asyncio.get_running_loop().call_later(
+            self.settings.cancel_grace_s, self._abandon, job
+        )
+        job.handles = [*(job.handles or []), grace_handle]
+
+    def _abandon(self, job: RunningJob) -> None:
+        if job.finished:
+            return
+        if job.task is not None and not job.task.done():
+            log.error(
+                "job %s (%s) did not stop within %g s of being asked (%s); abandoning it: its "
+                "slot is freed and its outcome recorded, whatever it does later is ignored",
+                job.name,
+                job.id,
+                self.settings.cancel_grace_s,
+                job.stop_reason or "time limit",
+            )
+            job.task.cancel()
+            self._abandoned.add(job.task)
+            job.task.add_done_callback(self._abandoned.discard)
+        self.finish(job, abandoned_outcome(self, job))
+
+    def cancel_running(self, job_ids: list[JobId]) -> None:
+        for job_id in job_ids:
+            job = self.running.get(job_id)
+            if job is not None and job.stop_reason != STOP_CANCEL:
+                log.info("cancelling job %s (%s) on request", job.name, job.id)
+                self._stop_job(job, STOP_CANCEL)
+
+    # -- events from the store -------------------------------------------------------------------
+
+    def on_event(self, event: StoreEvent) -> None:
+        kind = event.kind
+        if kind == "queue":
+            if event.value in self.queue_limit:
+                self._maybe_ready.add(event.value)
+                self._wake.set()
+        elif kind == "cancel":
+            job_id = _parse_id(event.value)
+            if job_id is not None:
+                self.cancel_running([job_id])
+        elif kind == "scheduled":
+            try:
+                when = float(event.value)
+            except ValueError:
+                return
+            if math.isfinite(when):
+                self.promoter.due_at(when)
+        elif kind == "reconnected":
+            # Notifications may have been missed while the connection was down.
+            self._maybe_ready.update(self.queue_limit)
+            self._wake.set()
+            self.promoter.due_at(0.0)
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "node_id": str(self.id),
+            "running": len(self.running),
+            "free": self.free,
+            "claimed": self.claimed_total,
+            "completed": self.completer.flushed,
+            "buffered_outcomes": self.completer.buffered,
+        }
+
+
+def _parse_id(value: str) -> JobId | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

@@ -1,0 +1,64 @@
+"""The promoter: moves scheduled jobs (delayed, or waiting for a retry) to queued when due.
+
+Every node runs one; they race harmlessly (SKIP LOCKED). Each sleeps until the earliest known
+due time, capped by the poll interval, and is woken early when a NOTIFY announces an earlier
+scheduled job. So a job with ``delay=2`` starts about 2 s later, not at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..errors import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("asyncjobs.node")
+
+PROMOTE_BATCH = 1000
+
+
+class Promoter:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._next_due = 0.0  # epoch seconds; 0 means "check now"
+        self._wake = anyio.Event()
+
+    def due_at(self, when: float) -> None:
+        """Something is due at ``when``: make sure we look no later than that."""
+        if when < self._next_due:
+            self._next_due = when
+            self._wake.set()
+
+    async def run(self) -> None:
+        node = self._node
+        clock = node.clock
+        poll = node.settings.poll_interval_s
+        while True:
+            now = clock.time()
+            if now >= self._next_due:
+                # Cleared before the query: a NOTIFY arriving during it lowers this again, and
+                # the min() below keeps whichever due time is earlier.
+                self._next_due = math.inf
+                try:
+                    result = await node.store.promote_due(now, PROMOTE_BATCH)
+                except StoreUnavailableError as exc:
+                    log.warning("cannot promote scheduled jobs: %s", exc.why)
+                    self._next_due = now + poll
+                    continue
+                if result.moved >= PROMOTE_BATCH:
+                    continue  # more are due right now
+                if result.next_run_at is not None:
+                    self._next_due = min(self._next_due, result.next_run_at)
+            self._wake = anyio.Event()
+            wait = min(self._next_due - clock.time(), poll)
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._wake.wait()
+            if clock.time() - now >= poll:
+                self._next_due = min(self._next_due, 0.0)  # the poll fallback

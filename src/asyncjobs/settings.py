@@ -1,0 +1,341 @@
+"""Settings: one frozen dataclass, validated, loadable from ``ASYNCJOBS_*`` variables.
+
+Every default is a named constant with its unit. ``Settings.validate()`` rejects nonsense with a
+sentence; unknown keys (in code or in the environment) are an error, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
+
+DEFAULT_DSN = None  # no default: a node must be told where its database is
+MEMORY_DSN = "memory://"  # the in-process MemoryStore; nothing persists
+DEFAULT_SCHEMA = "public"
+DEFAULT_TABLE_PREFIX = "asyncjobs_"
+DEFAULT_QUEUE = "default"
+
+CONCURRENCY = 100  # coroutine jobs running at once per node; never derived from the core count
+CLAIM_BATCH_SIZE = 500  # most jobs claimed in one round trip
+POLL_INTERVAL_S = 2.0  # claim even without a NOTIFY this often (a missed notification costs this)
+HEARTBEAT_INTERVAL_S = 5.0  # the node updates its own row this often
+NODE_TIMEOUT_S = 30.0  # a node silent this long may be reaped by any other node
+SHUTDOWN_GRACE_S = 30.0  # on SIGTERM, running jobs get this long to finish before cancellation
+CANCEL_GRACE_S = 10.0  # a cancelled or timed-out job gets this long to clean up, then is abandoned
+CONNECT_TIMEOUT_S = 5.0  # per connection attempt
+POOL_MIN_SIZE = 2  # Postgres connections kept open (the LISTEN connection is extra)
+POOL_MAX_SIZE = 10
+ENQUEUE_BATCH_SIZE = 1000  # most concurrent enqueue() calls coalesced into one INSERT
+
+ENV_PREFIX = "ASYNCJOBS_"
+# Variables under the prefix that are not settings (read by the test helpers and `make run`).
+ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_TEST_DSN", "ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL"})
+
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_MAX_SECONDS = 365 * 24 * 3600.0  # a year: beyond that a duration is a typo, not a plan
+_MAX_CONCURRENCY = 1_000_000
+_MAX_SCHEMA_AND_PREFIX = 63 - len(".events")  # the channel is "<schema>.<prefix>events"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How an app connects, and how its node runs. Every field has a documented default.
+
+    Build one with keyword arguments, from the environment with ``Settings.from_env()``, or
+    derive one with ``settings.replace(field=value)``. All three validate.
+    """
+
+    dsn: str | None = DEFAULT_DSN
+    """Postgres URL (``postgresql://user@host:5432/db``), or ``memory://`` for the MemoryStore."""
+    schema: str = DEFAULT_SCHEMA
+    """Postgres schema that holds the tables."""
+    table_prefix: str = DEFAULT_TABLE_PREFIX
+    """Prefix of every table, type and channel name, so several apps can share a schema."""
+    concurrency: int = CONCURRENCY
+    """Most coroutine jobs a node runs at once, over all its queues."""
+    queues: tuple[tuple[str, int | None], ...] = ((DEFAULT_QUEUE, None),)
+    """Queues the node serves, each with its own limit (None: only the node limit applies)."""
+    claim_batch_size: int = CLAIM_BATCH_SIZE
+    poll_interval_s: float = POLL_INTERVAL_S
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    node_timeout_s: float = NODE_TIMEOUT_S
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S
+    cancel_grace_s: float = CANCEL_GRACE_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    pool_min_size: int = POOL_MIN_SIZE
+    pool_max_size: int = POOL_MAX_SIZE
+    enqueue_batch_size: int = ENQUEUE_BATCH_SIZE
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    migrate_on_start: bool = True
+    """Nodes apply pending migrations when they start (safe to run on every start)."""
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Free-form values for users' own code; asyncjobs never reads them."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.queues, tuple) and all(isinstance(q, tuple) for q in self.queues)):
+            # Accept "a,b=5", {"a": None, "b": 5} and ["a", ("b", 5)] as well as the tuple form.
+            object.__setattr__(self, "queues", _coerce("queues", self.queues))
+        self.validate()
+
+    # -- construction ----------------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied, validated. Unknown names are an error."""
+        unknown = set(changes) - _FIELD_NAMES
+        if unknown:
+            raise _unknown_setting(sorted(unknown)[0])
+        coerced = {k: _coerce(k, v) for k, v in changes.items()}
+        return dataclasses.replace(self, **coerced)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``ASYNCJOBS_<FIELD>`` variables, then apply ``overrides`` on top.
+
+        An ``ASYNCJOBS_`` variable that names no setting is an error, so that a typo such as
+        ``ASYNCJOBS_CONCURENCY`` is caught instead of silently ignored.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in _FIELD_NAMES or name == "extra":
+                raise ConfigurationError(
+                    key, raw, f"no setting is called {name!r}. Known settings: {_known()}"
+                )
+            values[name] = _coerce(name, raw)
+        unknown = set(overrides) - _FIELD_NAMES
+        if unknown:
+            raise _unknown_setting(sorted(unknown)[0])
+        values.update({k: _coerce(k, v) for k, v in overrides.items()})
+        return cls(**values)
+
+    # -- validation ------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ``ConfigurationError`` for the first setting that cannot work."""
+        if self.dsn is not None:
+            check_dsn(self.dsn)
+        for name in ("schema", "table_prefix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _NAME_RE.match(value):
+                raise ConfigurationError(
+                    name,
+                    value,
+                    "use 1 to 40 lower-case letters, digits or underscores, not starting with "
+                    "a digit (it becomes part of SQL identifiers)",
+                )
+        if len(self.schema) + len(self.table_prefix) > _MAX_SCHEMA_AND_PREFIX:
+            raise ConfigurationError(
+                "table_prefix",
+                self.table_prefix,
+                f"schema and table prefix together must fit in {_MAX_SCHEMA_AND_PREFIX} "
+                f"characters (they name the NOTIFY channel, which Postgres limits to 63 "
+                f"bytes); {self.schema!r} + {self.table_prefix!r} is "
+                f"{len(self.schema) + len(self.table_prefix)}",
+            )
+        _check_int("concurrency", self.concurrency, 1, _MAX_CONCURRENCY)
+        _check_int("claim_batch_size", self.claim_batch_size, 1, 10_000)
+        _check_int("pool_min_size", self.pool_min_size, 1, 1000)
+        _check_int("pool_max_size", self.pool_max_size, 2, 1000)
+        if self.pool_min_size > self.pool_max_size:
+            raise ConfigurationError(
+                "pool_min_size", self.pool_min_size, "it is larger than pool_max_size"
+            )
+        _check_int("enqueue_batch_size", self.enqueue_batch_size, 1, 100_000)
+        _check_int("max_payload_bytes", self.max_payload_bytes, 64, 256 * 1024 * 1024)
+        for name in (
+            "poll_interval_s",
+            "heartbeat_interval_s",
+            "node_timeout_s",
+            "shutdown_grace_s",
+            "cancel_grace_s",
+            "connect_timeout_s",
+        ):
+            check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace_s")
+        if self.node_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ConfigurationError(
+                "node_timeout_s",
+                self.node_timeout_s,
+                f"it must be at least twice heartbeat_interval_s ({self.heartbeat_interval_s:g}"
+                " s), or live nodes would be reaped between two heartbeats",
+            )
+        if not self.queues:
+            raise ConfigurationError("queues", self.queues, "a node needs at least one queue")
+        seen: set[str] = set()
+        for name, limit in self.queues:
+            check_queue_name(name, field_name="queues")
+            if name in seen:
+                raise ConfigurationError("queues", name, "this queue is listed twice")
+            seen.add(name)
+            if limit is not None:
+                _check_int(f"queues[{name!r}]", limit, 1, _MAX_CONCURRENCY)
+
+    # -- helpers used by the node ------------------------------------------------------------
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.queues)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as plain data, with the DSN's password masked (for logs and `--help`)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out["dsn"] = mask_dsn(self.dsn) if self.dsn else None
+        out["queues"] = format_queues(self.queues)
+        return out
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+
+
+def _known() -> str:
+    return ", ".join(sorted(_FIELD_NAMES - {"extra"}))
+
+
+def _unknown_setting(name: str) -> ConfigurationError:
+    return ConfigurationError(name, "...", f"no setting has this name. Known settings: {_known()}")
+
+
+# -- value checks and parsing, shared with the CLI ----------------------------------------------
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise ``ConfigurationError`` unless ``dsn`` is a Postgres URL or ``memory://``."""
+    if dsn == MEMORY_DSN:
+        return
+    shown = mask_dsn(dsn)
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigurationError("dsn", shown, f"it cannot be parsed ({exc})") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            "dsn",
+            shown,
+            "expected a URL like postgresql://user@host:5432/dbname (or memory:// for the "
+            "in-process store)",
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigurationError("dsn", shown, "it names no host")
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable DSN>"
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def check_queue_name(name: Any, *, field_name: str = "queue") -> None:
+    if not isinstance(name, str) or not _QUEUE_RE.match(name):
+        raise ConfigurationError(
+            field_name,
+            name,
+            "a queue name is 1 to 64 letters, digits, or any of _ . : -",
+        )
+
+
+def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(name, value, "expected a number of seconds")
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not low_ok or math.isnan(value):
+        raise ConfigurationError(
+            name, value, "must be zero or more" if allow_zero else "must be more than zero"
+        )
+    if value > _MAX_SECONDS:
+        raise ConfigurationError(name, value, "more than a year is surely a typo")
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(name, value, "expected a whole number")
+    if not low <= value <= high:
+        raise ConfigurationError(name, value, f"must be between {low:,} and {high:,}")
+
+
+def parse_queues(spec: str) -> tuple[tuple[str, int | None], ...]:
+    """Parse ``"default,reports=5"`` into ``(("default", None), ("reports", 5))``."""
+    out: list[tuple[str, int | None]] = []
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, limit = item.partition("=")
+        name = name.strip()
+        if sep:
+            try:
+                out.append((name, int(limit)))
+            except ValueError:
+                raise ConfigurationError(
+                    "queues", spec, f"the limit of queue {name!r} is {limit!r}, not a number"
+                ) from None
+        else:
+            out.append((name, None))
+    return tuple(out)
+
+
+def format_queues(queues: tuple[tuple[str, int | None], ...]) -> str:
+    return ",".join(name if limit is None else f"{name}={limit}" for name, limit in queues)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn strings (from the environment or the CLI) into the field's type."""
+    if name == "queues":
+        if isinstance(value, str):
+            return parse_queues(value)
+        if isinstance(value, Mapping):
+            return tuple(value.items())
+        return tuple((q, None) if isinstance(q, str) else tuple(q) for q in value)
+    if not isinstance(value, str):
+        return value
+    kind = _FIELD_TYPES.get(name)
+    if kind is None:
+        return value
+    try:
+        if kind is bool:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return kind(value)
+    except ValueError:
+        raise ConfigurationError(
+            name, value, f"expected {'true or false' if kind is bool else kind.__name__}"
+        ) from None
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "concurrency": int,
+    "claim_batch_size": int,
+    "pool_min_size": int,
+    "pool_max_size": int,
+    "enqueue_batch_size": int,
+    "max_payload_bytes": int,
+    "poll_interval_s": float,
+    "heartbeat_interval_s": float,
+    "node_timeout_s": float,
+    "shutdown_grace_s": float,
+    "cancel_grace_s": float,
+    "connect_timeout_s": float,
+    "migrate_on_start": bool,
+}

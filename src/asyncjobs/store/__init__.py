@@ -1,0 +1,1 @@
+"""Job stores: the ``Store`` protocol and its Postgres and in-memory implementations."""

@@ -1,0 +1,201 @@
+"""The Store protocol: what every backend guarantees (DESIGN §5).
+
+Both ``MemoryStore`` and ``PostgresStore`` implement it with the same semantics, and one
+conformance suite (tests/conformance) runs against both. Hot-path methods take and return
+batches, so a backend can serve a batch in one round trip.
+
+Times are epoch seconds from the app's clock, passed in by the caller. The only exception is the
+node heartbeat, which uses the database's own clock so that nodes with skewed clocks still judge
+each other's liveness consistently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import anyio
+
+from ..jobs import JobId, JobRecord, JobState
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
+PENDING_STATES = ("scheduled", "waiting", "queued")  # states a cancel ends at once
+
+
+class NewJob(NamedTuple):
+    """A job to insert. ``args`` is the encoded ``[args, kwargs]`` JSON."""
+
+    id: JobId
+    name: str
+    queue: str
+    priority: int
+    state: str  # "queued" or "scheduled"
+    args: bytes
+    run_at: float
+    max_attempts: int
+    unique_key: str | None
+
+
+class ClaimedJob(NamedTuple):
+    """A job a node has just claimed: it is ``running`` with this attempt number."""
+
+    id: JobId
+    name: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    args: bytes
+
+
+class Outcome(NamedTuple):
+    """How one attempt ended, as the node reports it.
+
+    ``state`` is terminal, or ``queued``/``scheduled`` for a retry (then ``run_at`` is set).
+    ``result`` and ``error`` are encoded JSON.
+    """
+
+    id: JobId
+    attempt: int
+    state: str
+    result: bytes | None
+    error: bytes | None
+    finished_at: float
+    run_at: float | None
+    reason: str | None
+
+
+class PromoteResult(NamedTuple):
+    moved: int
+    next_run_at: float | None  # epoch seconds of the next scheduled job, if any
+
+
+class HeartbeatResult(NamedTuple):
+    alive: bool  # False when the node's row is gone (it was reaped)
+    cancel_requested: list[JobId]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    id: JobId
+    host: str
+    pid: int
+    version: str
+    queues: tuple[str, ...]
+    concurrency: int
+
+
+class StoreEvent(NamedTuple):
+    """A wake-up pushed by the store (LISTEN/NOTIFY for Postgres).
+
+    kinds: ``queue`` (jobs became ready in queue ``value``), ``scheduled`` (a job is due at
+    epoch ``value``), ``cancel`` (job ``value`` was asked to cancel), ``finished`` (awaited job
+    ``value`` ended), ``reconnected`` (events may have been missed; re-check everything).
+    """
+
+    kind: str
+    value: str
+
+
+EventHandler = Callable[[StoreEvent], None]
+
+
+class Store(Protocol):
+    """A job store. Every method is safe to call from several nodes at once."""
+
+    description: str  # where the data lives, for logs and errors (password masked)
+
+    async def open(self) -> None:
+        """Connect. Raises ``StoreUnavailableError`` with a sentence if it cannot."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    async def migrate(self) -> list[str]:
+        """Bring the schema up to date; returns the migrations applied (safe to repeat)."""
+
+    # -- producers ---------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobId]:
+        """Insert jobs atomically (all or none) and return their ids, in order.
+
+        A job whose ``unique_key`` matches an unfinished job is not inserted: the existing
+        job's id is returned in its place. A job whose id already exists (a retried insert) is
+        not inserted twice.
+        """
+
+    async def enqueue_bulk(self, jobs: Iterable[NewJob]) -> None:
+        """Insert many jobs without unique keys, all or none (``enqueue_many``'s fast path).
+
+        The iterable may be lazy: the store consumes it inside its transaction, so preparing
+        the next jobs overlaps with writing the previous ones. If the iterable raises, nothing
+        is written and the exception propagates.
+        """
+
+    async def get(self, job_id: JobId) -> JobRecord | None:
+        """The job, or None."""
+
+    async def cancel(self, job_id: JobId, reason: str, now: float) -> JobState | None:
+        """Cancel a job: pending jobs end ``cancelled``; a running one is flagged and its node
+        told. Returns the state after the request (``running`` while the node acts), or None
+        if there is no such job."""
+
+    async def watch(self, job_id: JobId) -> JobRecord | None:
+        """Ask to be told (a ``finished`` event) when the job ends, and return it as it is now."""
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def register_node(self, node: NodeInfo) -> None: ...
+
+    async def heartbeat(self, node_id: JobId, running: int) -> HeartbeatResult: ...
+
+    async def deregister_node(self, node_id: JobId) -> None: ...
+
+    async def claim(
+        self, node_id: JobId, limits: Mapping[str, int], now: float
+    ) -> list[ClaimedJob]:
+        """Claim at most ``limits[queue]`` ready jobs per queue, highest priority first, then
+        oldest. A job is claimed by exactly one node; its attempt number goes up by one."""
+
+    async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
+        """Apply outcomes atomically. An outcome whose job is no longer running that attempt on
+        this node is rejected (fencing); the ids of rejected outcomes are returned."""
+
+    async def promote_due(self, now: float, limit: int) -> PromoteResult:
+        """Move scheduled jobs whose time has come to ``queued``."""
+
+    async def listen(
+        self,
+        handler: EventHandler,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Deliver events to ``handler`` until cancelled, reconnecting as needed."""
+
+
+def record_from_row(row: Any, decode: Callable[[Any], Any]) -> JobRecord:
+    """Build a ``JobRecord`` from a row with the jobs table's column names."""
+    args, kwargs = decode(row["args"])
+    result = row["result"]
+    error = row["error"]
+    return JobRecord(
+        id=row["id"],
+        name=row["name"],
+        queue=row["queue"],
+        priority=row["priority"],
+        state=JobState(row["state"]),
+        args=args,
+        kwargs=kwargs,
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        run_at=row["run_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        node_id=row["node_id"],
+        unique_key=row["unique_key"],
+        result=decode(result) if result is not None else None,
+        error=decode(error) if error is not None else None,
+        reason=row["reason"],
+        cancel_requested=row["cancel_requested"],
+    )

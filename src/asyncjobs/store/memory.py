@@ -1,0 +1,355 @@
+"""MemoryStore: the Store protocol in process memory, for tests and quick starts.
+
+Same semantics as PostgresStore (the conformance suite checks both): unique keys, fencing,
+scheduled jobs, cancel requests, events. Nothing persists and nothing is shared between
+processes, so it suits one process only. Events are delivered on the next loop iteration, as a
+NOTIFY would be, never from inside the call that caused them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import orjson
+
+from ..jobs import JobId, JobRecord, JobState
+from .base import (
+    PENDING_STATES,
+    TERMINAL_STATES,
+    ClaimedJob,
+    EventHandler,
+    HeartbeatResult,
+    NewJob,
+    NodeInfo,
+    Outcome,
+    PromoteResult,
+    StoreEvent,
+)
+
+_ACTIVE = frozenset(("scheduled", "waiting", "queued", "running"))
+
+
+@dataclass(slots=True)
+class _Job:
+    id: JobId
+    name: str
+    queue: str
+    priority: int
+    state: str
+    args: bytes
+    run_at: float
+    max_attempts: int
+    unique_key: str | None
+    created_at: float
+    attempt: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    node_id: JobId | None = None
+    reason: str | None = None
+    result: bytes | None = None
+    error: bytes | None = None
+    cancel_requested: bool = False
+    awaited: bool = False
+
+
+@dataclass(slots=True)
+class _Node:
+    info: NodeInfo
+    heartbeat_at: float
+    running: int = 0
+    stopped_at: float | None = None
+
+
+@dataclass
+class MemoryStore:
+    """Jobs in a dict. ``MemoryStore()`` needs no setup; ``migrate`` is a no-op."""
+
+    description: str = "memory (nothing persists)"
+    jobs: dict[JobId, _Job] = field(default_factory=dict)
+    nodes: dict[JobId, _Node] = field(default_factory=dict)
+    _ready: dict[str, list[tuple[int, JobId]]] = field(default_factory=dict)
+    _scheduled: list[tuple[float, JobId]] = field(default_factory=list)
+    _unique: dict[str, JobId] = field(default_factory=dict)
+    _handlers: list[EventHandler] = field(default_factory=list)
+
+    async def open(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def migrate(self) -> list[str]:
+        await anyio.lowlevel.checkpoint()
+        return []
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, value: str) -> None:
+        if not self._handlers:
+            return
+        event = StoreEvent(kind, value)
+        call_soon = _call_soon()
+        for handler in list(self._handlers):
+            call_soon(handler, event)
+
+    def _make_ready(self, job: _Job) -> None:
+        job.state = "queued"
+        heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, job.id))
+
+    def _end(self, job: _Job, state: str) -> None:
+        job.state = state
+        if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
+            del self._unique[job.unique_key]
+        if job.awaited:
+            self._emit("finished", str(job.id))
+
+    # -- producers -------------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobId]:
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        out: list[JobId] = []
+        woken: set[str] = set()
+        earliest: float | None = None
+        for new in jobs:
+            if new.id in self.jobs:
+                out.append(new.id)
+                continue
+            if new.unique_key is not None and new.unique_key in self._unique:
+                out.append(self._unique[new.unique_key])
+                continue
+            job = _Job(
+                new.id,
+                new.name,
+                new.queue,
+                new.priority,
+                new.state,
+                new.args,
+                new.run_at,
+                new.max_attempts,
+                new.unique_key,
+                now,
+            )
+            self.jobs[job.id] = job
+            if job.unique_key is not None:
+                self._unique[job.unique_key] = job.id
+            if job.state == "queued":
+                self._make_ready(job)
+                woken.add(job.queue)
+            else:
+                heapq.heappush(self._scheduled, (job.run_at, job.id))
+                earliest = job.run_at if earliest is None else min(earliest, job.run_at)
+            out.append(job.id)
+        for queue in sorted(woken):
+            self._emit("queue", queue)
+        if earliest is not None:
+            self._emit("scheduled", repr(earliest))
+        return out
+
+    async def enqueue_bulk(self, jobs: Iterable[NewJob]) -> None:
+        batch = list(jobs)  # an exception while preparing leaves nothing written
+        await self.enqueue(batch)
+
+    async def get(self, job_id: JobId) -> JobRecord | None:
+        await anyio.lowlevel.checkpoint()
+        job = self.jobs.get(job_id)
+        return None if job is None else _record(job)
+
+    async def cancel(self, job_id: JobId, reason: str, now: float) -> JobState | None:
+        await anyio.lowlevel.checkpoint()
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state in PENDING_STATES:
+            job.reason = reason
+            job.finished_at = now
+            job.cancel_requested = False
+            self._end(job, "cancelled")
+        elif job.state == "running":
+            job.reason = reason
+            job.cancel_requested = True
+            self._emit("cancel", str(job.id))
+        return JobState(job.state)
+
+    async def watch(self, job_id: JobId) -> JobRecord | None:
+        await anyio.lowlevel.checkpoint()
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        record = _record(job)
+        if job.state in _ACTIVE:
+            job.awaited = True
+        return record
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    async def register_node(self, node: NodeInfo) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.nodes[node.id] = _Node(node, time.time())
+
+    async def heartbeat(self, node_id: JobId, running: int) -> HeartbeatResult:
+        await anyio.lowlevel.checkpoint()
+        node = self.nodes.get(node_id)
+        if node is None:
+            return HeartbeatResult(False, [])
+        node.heartbeat_at = time.time()
+        node.running = running
+        cancels = [
+            j.id
+            for j in self.jobs.values()
+            if j.node_id == node_id and j.state == "running" and j.cancel_requested
+        ]
+        return HeartbeatResult(True, cancels)
+
+    async def deregister_node(self, node_id: JobId) -> None:
+        await anyio.lowlevel.checkpoint()
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.stopped_at = time.time()
+            node.running = 0
+
+    async def claim(
+        self, node_id: JobId, limits: Mapping[str, int], now: float
+    ) -> list[ClaimedJob]:
+        await anyio.lowlevel.checkpoint()
+        out: list[ClaimedJob] = []
+        for queue, limit in limits.items():
+            heap = self._ready.get(queue)
+            taken = 0
+            while heap and taken < limit:
+                _, job_id = heapq.heappop(heap)
+                job = self.jobs.get(job_id)
+                if job is None or job.state != "queued" or job.queue != queue:
+                    continue  # a stale heap entry (cancelled, or re-queued and pushed again)
+                job.state = "running"
+                job.attempt += 1
+                job.node_id = node_id
+                job.started_at = now
+                job.cancel_requested = False
+                out.append(
+                    ClaimedJob(job.id, job.name, job.queue, job.attempt, job.max_attempts, job.args)
+                )
+                taken += 1
+        return out
+
+    async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
+        await anyio.lowlevel.checkpoint()
+        rejected: list[JobId] = []
+        woken: set[str] = set()
+        earliest: float | None = None
+        for o in outcomes:
+            job = self.jobs.get(o.id)
+            if (
+                job is None
+                or job.state != "running"
+                or job.attempt != o.attempt
+                or job.node_id != node_id
+            ):
+                rejected.append(o.id)
+                continue
+            job.result = o.result
+            job.error = o.error
+            if o.reason is not None or o.state != "cancelled":
+                job.reason = o.reason  # a cancel outcome without reason keeps the requester's
+            job.finished_at = o.finished_at if o.state in TERMINAL_STATES else None
+            if o.run_at is not None:
+                job.run_at = o.run_at
+            if o.state == "queued":
+                self._make_ready(job)
+                woken.add(job.queue)
+            elif o.state == "scheduled":
+                job.state = "scheduled"
+                heapq.heappush(self._scheduled, (job.run_at, job.id))
+                earliest = job.run_at if earliest is None else min(earliest, job.run_at)
+            elif o.state in TERMINAL_STATES:
+                self._end(job, o.state)
+            else:
+                raise ValueError(f"an outcome cannot move a job to {o.state!r}")
+        for queue in sorted(woken):
+            self._emit("queue", queue)
+        if earliest is not None:
+            self._emit("scheduled", repr(earliest))
+        return rejected
+
+    async def promote_due(self, now: float, limit: int) -> PromoteResult:
+        await anyio.lowlevel.checkpoint()
+        moved = 0
+        woken: set[str] = set()
+        heap = self._scheduled
+        while heap and heap[0][0] <= now and moved < limit:
+            run_at, job_id = heapq.heappop(heap)
+            job = self.jobs.get(job_id)
+            if job is None or job.state != "scheduled" or job.run_at != run_at:
+                continue
+            self._make_ready(job)
+            woken.add(job.queue)
+            moved += 1
+        for queue in sorted(woken):
+            self._emit("queue", queue)
+        next_run_at = None
+        while heap:
+            run_at, job_id = heap[0]
+            job = self.jobs.get(job_id)
+            if job is not None and job.state == "scheduled" and job.run_at == run_at:
+                if run_at > now:
+                    next_run_at = run_at
+                break
+            heapq.heappop(heap)
+        return PromoteResult(moved, next_run_at)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def listen(
+        self,
+        handler: EventHandler,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._handlers.append(handler)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self._handlers.remove(handler)
+
+
+def _call_soon() -> Any:
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _record(job: _Job) -> JobRecord:
+    args, kwargs = orjson.loads(job.args)
+    return JobRecord(
+        id=job.id,
+        name=job.name,
+        queue=job.queue,
+        priority=job.priority,
+        state=JobState(job.state),
+        args=args,
+        kwargs=kwargs,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        run_at=datetime.fromtimestamp(job.run_at, UTC),
+        created_at=datetime.fromtimestamp(job.created_at, UTC),
+        started_at=_utc(job.started_at),
+        finished_at=_utc(job.finished_at),
+        node_id=job.node_id,
+        unique_key=job.unique_key,
+        result=orjson.loads(job.result) if job.result is not None else None,
+        error=orjson.loads(job.error) if job.error is not None else None,
+        reason=job.reason,
+        cancel_requested=job.cancel_requested,
+    )

@@ -1,0 +1,162 @@
+-- Named queries, loaded by name (asyncjobs.store.queries). Each block starts with
+-- `-- name: <name>`, then a comment saying what the statement guarantees.
+-- Tokens: {t} is the schema-qualified table prefix, {channel} the NOTIFY channel.
+-- Batched statements take one array per column and unnest them: one round trip per batch.
+
+-- name: insert_jobs
+-- Inserts jobs in one statement. A job whose id exists (a retried insert) or whose unique_key
+-- matches an unfinished job is skipped, not an error. Wakes the nodes serving each queue that
+-- got a ready job, and the promoters when a scheduled job was added. Returns inserted ids.
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
+           u.max_attempts, u.unique_key
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::{t}job_state[],
+                $6::jsonb[], $7::float8[], $8::integer[], $9::text[])
+         AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    ON CONFLICT DO NOTHING
+    RETURNING id, queue, state, run_at
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue)
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS q
+    UNION ALL
+    SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
+    FROM ins WHERE state = 'scheduled' HAVING count(*) > 0
+)
+SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
+
+-- name: insert_job
+-- Inserts one job (the common single enqueue): the same guarantees as insert_jobs, without
+-- the arrays. Returns its id, or no row if it was skipped.
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9)
+    ON CONFLICT DO NOTHING
+    RETURNING id, queue, state, run_at
+)
+SELECT id, pg_notify('{channel}', CASE WHEN state = 'queued' THEN 'q:' || queue
+                                       ELSE 's:' || extract(epoch FROM run_at) END)
+FROM ins;
+
+-- name: notify_new
+-- Wakes nodes after a COPY (which cannot notify by itself): one notification per queue that
+-- got ready jobs ($1), and one for the earliest new scheduled job ($2, may be null).
+SELECT count(pg_notify('{channel}', 'q:' || q)) FROM unnest($1::text[]) AS q
+UNION ALL
+SELECT count(pg_notify('{channel}', 's:' || $2::float8)) WHERE $2::float8 IS NOT NULL;
+
+-- name: find_existing
+-- For jobs an insert skipped: their own id if it exists (a retried insert), else the id of the
+-- unfinished job holding the same unique key. Returns (requested id, existing id).
+SELECT u.id AS requested, coalesce(own.id, other.id) AS existing
+FROM unnest($1::uuid[], $2::text[]) AS u(id, unique_key)
+LEFT JOIN {t}jobs AS own ON own.id = u.id
+LEFT JOIN {t}jobs AS other
+       ON u.unique_key IS NOT NULL AND other.unique_key = u.unique_key
+      AND other.state IN ('scheduled', 'waiting', 'queued', 'running');
+
+-- name: claim
+-- Claims at most $3[i] ready jobs from queue $2[i], highest priority first, then oldest, and
+-- never one another node holds (SKIP LOCKED). Rows are then updated by primary key, so the plan
+-- does not depend on table statistics. Each claim bumps the attempt: (attempt, node) is the
+-- fencing token every later write of this attempt must match.
+UPDATE {t}jobs AS j
+SET state = 'running', attempt = j.attempt + 1, node_id = $1, started_at = to_timestamp($4),
+    cancel_requested = false
+WHERE j.id = ANY(ARRAY(
+    SELECT c.id
+    FROM unnest($2::text[], $3::integer[]) AS q(name, lim)
+    CROSS JOIN LATERAL (
+        SELECT id FROM {t}jobs
+        WHERE state = 'queued' AND queue = q.name
+        ORDER BY priority DESC, id
+        LIMIT q.lim
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+))
+RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts, j.args;
+
+-- name: complete
+-- Applies outcomes reported by node $1, each only if its job still runs that attempt on this
+-- node (fencing); returns the ids of stale outcomes, which are never written. See
+-- complete_jobs in migrations/0001_initial.sql for why this is a function.
+SELECT id FROM {t}complete_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9) AS id;
+
+-- name: promote_due
+-- Moves at most $2 scheduled jobs whose run_at has passed ($1) to queued, never one another
+-- node is moving, and wakes the nodes serving their queues. Returns how many moved and when
+-- the next scheduled job is due.
+WITH moved AS (
+    UPDATE {t}jobs SET state = 'queued'
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM {t}jobs
+        WHERE state = 'scheduled' AND run_at <= to_timestamp($1)
+        ORDER BY run_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING queue
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM moved) AS q
+)
+SELECT (SELECT count(*) FROM moved) AS moved,
+       (SELECT count(*) FROM wake) AS woken,
+       (SELECT extract(epoch FROM min(run_at))::float8 FROM {t}jobs
+        WHERE state = 'scheduled' AND run_at > to_timestamp($1)) AS next_run_at;
+
+-- name: cancel
+-- Cancels job $1 with reason $2 at time $3. A job that has not started ends cancelled at once;
+-- a running one is flagged and its node is told over NOTIFY (it ends cancelled when the node
+-- stops it); a finished job is left as it is. Returns the state after the request.
+WITH target AS (
+    SELECT id, state FROM {t}jobs WHERE id = $1 FOR UPDATE
+), upd AS (
+    UPDATE {t}jobs AS j
+    SET state = CASE WHEN t.state = 'running' THEN j.state ELSE 'cancelled' END,
+        cancel_requested = (t.state = 'running'),
+        finished_at = CASE WHEN t.state = 'running' THEN NULL ELSE to_timestamp($3) END,
+        reason = $2
+    FROM target AS t
+    WHERE j.id = t.id AND t.state IN ('scheduled', 'waiting', 'queued', 'running')
+    RETURNING j.id, j.state, j.awaited
+), wake AS (
+    SELECT pg_notify('{channel}', 'c:' || id) FROM upd WHERE state = 'running'
+    UNION ALL
+    SELECT pg_notify('{channel}', 'f:' || id) FROM upd WHERE state = 'cancelled' AND awaited
+)
+SELECT coalesce((SELECT state FROM upd), (SELECT state FROM target)) AS state,
+       (SELECT count(*) FROM wake) AS woken;
+
+-- name: get_job
+-- One job by id.
+SELECT * FROM {t}jobs WHERE id = $1;
+
+-- name: watch_job
+-- Marks job $1 as awaited (its end will be notified) and returns it as it was. The caller
+-- still re-checks now and then: a job ending at this very moment may not see the flag.
+WITH flag AS (
+    UPDATE {t}jobs SET awaited = true
+    WHERE id = $1 AND NOT awaited AND state IN ('scheduled', 'waiting', 'queued', 'running')
+    RETURNING id
+)
+SELECT j.*, (SELECT count(*) FROM flag) AS flagged FROM {t}jobs AS j WHERE j.id = $1;
+
+-- name: register_node
+-- Records a starting node (its own row; no other node writes it while it is alive).
+INSERT INTO {t}nodes (id, host, pid, version, queues, concurrency)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: heartbeat
+-- Refreshes node $1's heartbeat with the database clock (one statement, however many jobs run)
+-- and returns whether the row still exists, and the running jobs on it that were asked to
+-- cancel (catching any cancel whose NOTIFY was missed).
+WITH hb AS (
+    UPDATE {t}nodes SET heartbeat_at = now(), running = $2 WHERE id = $1 RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM hb) AS alive,
+       ARRAY(SELECT id FROM {t}jobs
+             WHERE node_id = $1 AND state = 'running' AND cancel_requested) AS cancel_ids;
+
+-- name: deregister_node
+-- Marks node $1 as cleanly stopped.
+UPDATE {t}nodes SET stopped_at = now(), running = 0 WHERE id = $1;

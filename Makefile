@@ -36,12 +36,12 @@ test-acceptance: install ## Run the tests that start real node processes
 	$(BIN)/python -m pytest tests/acceptance
 
 lint: install ## Check style and common bugs (ruff)
-	$(BIN)/ruff check src tests bench plugins_example
-	$(BIN)/ruff format --check src tests bench plugins_example
+	$(BIN)/ruff check src tests bench plugins_example examples
+	$(BIN)/ruff format --check src tests bench plugins_example examples
 
 format: install ## Reformat the code (ruff)
-	$(BIN)/ruff check --fix src tests bench plugins_example
-	$(BIN)/ruff format src tests bench plugins_example
+	$(BIN)/ruff check --fix src tests bench plugins_example examples
+	$(BIN)/ruff format src tests bench plugins_example examples
 
 typecheck: install ## Type-check src/ with mypy --strict
 	$(BIN)/mypy

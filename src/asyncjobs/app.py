@@ -208,7 +208,7 @@ class App:
         store = self._store_override or make_store(self._settings)
         await store.open()
         try:
-            if node and self._settings.migrate_on_start:
+            if self._settings.migrate_on_start:
                 await store.migrate()
             self._store = store
             self._batcher = EnqueueBatcher(store, self._settings.enqueue_batch_size)

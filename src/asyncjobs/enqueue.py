@@ -26,6 +26,7 @@ class EnqueueBatcher:
         self._pending: list[tuple[NewJob, asyncio.Future[JobId]]] = []
         self._busy = False  # a write (direct or flush) is in flight
         self._flush_task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None  # made on first drain(), inside the loop
 
     async def submit(self, job: NewJob) -> JobId:
         """Write one job and return its id (or the id of the unfinished job sharing its
@@ -37,6 +38,7 @@ class EnqueueBatcher:
             finally:
                 self._busy = False
                 self._start_flush_if_needed()
+                self._signal_if_idle()
             return ids[0]
         future: asyncio.Future[JobId] = asyncio.get_running_loop().create_future()
         self._pending.append((job, future))
@@ -70,8 +72,15 @@ class EnqueueBatcher:
             # A cancelled flush leaves its waiters failed above; anything queued after it
             # gets a fresh flush.
             self._start_flush_if_needed()
+            self._signal_if_idle()
+
+    def _signal_if_idle(self) -> None:
+        if self._idle is not None and not self._busy and not self._pending:
+            self._idle.set()
 
     async def drain(self) -> None:
         """Wait until every submitted job is written (or has failed)."""
-        while (task := self._flush_task) is not None:
-            await asyncio.wait([task])
+        while self._busy or self._pending:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            await self._idle.wait()

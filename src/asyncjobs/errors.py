@@ -137,6 +137,14 @@ class SchemaNotReadyError(StoreError):
         )
 
 
+class MigrationError(StoreError):
+    """The database's schema history does not match this version of asyncjobs."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        self.where = where
+        super().__init__(f"cannot migrate {where}: {detail}")
+
+
 class NotStartedError(AsyncJobsError):
     """The app is not started: use ``async with app:`` or ``await app.start()`` first."""
 

@@ -77,7 +77,9 @@ class Settings:
     enqueue_batch_size: int = ENQUEUE_BATCH_SIZE
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     migrate_on_start: bool = True
-    """Nodes apply pending migrations when they start (safe to run on every start)."""
+    """``App.start()`` applies pending migrations (idempotent; several processes may race).
+    Turn off where the app's database user may not change the schema, and run
+    ``asyncjobs migrate`` on deploy instead."""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Free-form values for users' own code; asyncjobs never reads them."""
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreUnavailableError
+from ..errors import StoreError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -28,6 +28,10 @@ async def run_heartbeat(node: Node) -> None:
             result = await node.store.heartbeat(node.id, len(node.running))
         except StoreUnavailableError as exc:
             log.warning("heartbeat of node %s failed: %s", node.id, exc.why)
+            continue
+        except StoreError:
+            # Not worth stopping every running job for: log it loudly and try again.
+            log.exception("heartbeat of node %s failed", node.id)
             continue
         if not result.alive:
             log.error(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import StoreUnavailableError
+from ..errors import StoreError, StoreUnavailableError
 from ..ids import new_id
 from ..jobs import JobId
 from ..settings import Settings
@@ -182,8 +182,13 @@ class Node:
             if limits:
                 try:
                     claimed = await self.store.claim(self.id, limits, self.clock.time())
-                except StoreUnavailableError as exc:
-                    log.warning("cannot claim jobs (%s); retrying in %.2f s", exc.why, retry_delay)
+                except StoreError as exc:
+                    if isinstance(exc, StoreUnavailableError):
+                        log.warning(
+                            "cannot claim jobs (%s); retrying in %.2f s", exc.why, retry_delay
+                        )
+                    else:
+                        log.exception("claiming jobs failed; retrying in %.2f s", retry_delay)
                     await anyio.sleep(retry_delay)
                     retry_delay = min(retry_delay * 2, CLAIM_RETRY_MAX_S)
                     continue

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreUnavailableError
+from ..errors import StoreError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -47,8 +47,11 @@ class Promoter:
                 self._next_due = math.inf
                 try:
                     result = await node.store.promote_due(now, PROMOTE_BATCH)
-                except StoreUnavailableError as exc:
-                    log.warning("cannot promote scheduled jobs: %s", exc.why)
+                except StoreError as exc:
+                    if isinstance(exc, StoreUnavailableError):
+                        log.warning("cannot promote scheduled jobs: %s", exc.why)
+                    else:
+                        log.exception("promoting scheduled jobs failed")
                     self._next_due = now + poll
                     continue
                 if result.moved >= PROMOTE_BATCH:

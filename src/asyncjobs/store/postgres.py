@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import SchemaNotReadyError, StoreError, StoreUnavailableError
+from ..errors import MigrationError, SchemaNotReadyError, StoreError, StoreUnavailableError
 from ..jobs import JobId, JobRecord, JobState
 from ..settings import Settings, mask_dsn
 from .base import (
@@ -243,20 +243,45 @@ class PostgresStore:
             await con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             await con.execute(
                 f"CREATE TABLE IF NOT EXISTS {t}migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
+                " version integer PRIMARY KEY, name text NOT NULL, checksum text,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {r["version"] for r in await con.fetch(f"SELECT version FROM {t}migrations")}
-            for migration in load_migrations(self.schema, self.prefix):
-                if migration.version in done:
+            # Tables made before checksums were recorded get the column; their rows adopt the
+            # current checksum below.
+            await con.execute(f"ALTER TABLE {t}migrations ADD COLUMN IF NOT EXISTS checksum text")
+            done = {r["version"]: r for r in await con.fetch(f"SELECT * FROM {t}migrations")}
+            known = load_migrations(self.schema, self.prefix)
+            newest = max(done, default=0)
+            if newest > len(known):
+                raise MigrationError(
+                    self.description,
+                    f"it is at migration {newest}, newer than this asyncjobs knows "
+                    f"({len(known)}); upgrade asyncjobs on this machine",
+                )
+            for migration in known:
+                row = done.get(migration.version)
+                if row is not None:
+                    if row["checksum"] is None:
+                        await con.execute(
+                            f"UPDATE {t}migrations SET checksum = $2 WHERE version = $1",
+                            migration.version,
+                            migration.checksum,
+                        )
+                    elif row["checksum"] != migration.checksum:
+                        raise MigrationError(
+                            self.description,
+                            f"migration {migration.label} was changed after it was applied "
+                            "there. Never edit an applied migration: add a new one",
+                        )
                     continue
                 await con.execute(migration.sql)
                 await con.execute(
-                    f"INSERT INTO {t}migrations (version, name) VALUES ($1, $2)",
+                    f"INSERT INTO {t}migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     migration.version,
                     migration.name,
+                    migration.checksum,
                 )
-                applied.append(f"{migration.version:04d}_{migration.name}")
+                applied.append(migration.label)
         if applied:
             log.info("migrated %s: applied %s", self.description, ", ".join(applied))
         return applied

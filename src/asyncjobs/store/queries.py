@@ -6,6 +6,7 @@ validates as plain identifiers. Everything else is a bind parameter.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -20,6 +21,11 @@ class Migration:
     version: int
     name: str
     sql: str
+    checksum: str  # of the file as written, before the prefix is substituted
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
 
 
 def render(sql: str, schema: str, prefix: str) -> str:
@@ -62,7 +68,9 @@ def _raw_migrations() -> tuple[Migration, ...]:
     for entry in folder.iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
-            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+            text = entry.read_text()
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            found.append(Migration(int(match[1]), match[2], text, digest))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if versions != list(range(1, len(found) + 1)):
@@ -71,4 +79,7 @@ def _raw_migrations() -> tuple[Migration, ...]:
 
 
 def load_migrations(schema: str, prefix: str) -> list[Migration]:
-    return [Migration(m.version, m.name, render(m.sql, schema, prefix)) for m in _raw_migrations()]
+    return [
+        Migration(m.version, m.name, render(m.sql, schema, prefix), m.checksum)
+        for m in _raw_migrations()
+    ]

@@ -321,6 +321,18 @@ async def test_node_never_runs_more_jobs_than_its_concurrency(
     assert probe.peak == 3 and len(probe.finished) == 30
 
 
+async def test_node_concurrency_holds_across_several_queues(
+    node_app: Callable[..., App], probe: Probe
+) -> None:
+    async with node_app(concurrency=4, queues="a,b,c") as app:
+        ids = await app.enqueue_many(
+            [app.signature("track", i, 0.05).set(queue="abc"[i % 3]) for i in range(30)]
+        )
+        for job_id in ids:
+            await app.result(job_id, timeout=20)
+    assert probe.peak == 4 and len(probe.finished) == 30
+
+
 async def test_queue_limit_caps_its_queue_and_not_the_others(
     node_app: Callable[..., App], probe: Probe
 ) -> None:

@@ -71,6 +71,8 @@ class Node:
         self.free = settings.concurrency
         self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
         self.queue_free = dict(self.queue_limit)
+        self._queue_order = list(self.queue_limit)
+        self._queue_turn = 0
         self.completer = Completer(store, self.id)
         self.promoter = Promoter(self)
         self.claimed_total = 0
@@ -166,12 +168,24 @@ class Node:
     # -- the fetcher ---------------------------------------------------------------------------
 
     def _claim_limits(self) -> dict[str, int]:
+        """How many jobs to ask each queue for: together never more than the free capacity.
+
+        The queue asked first rotates, so that under saturation no queue starves the others.
+        """
         limits: dict[str, int] = {}
         budget = min(self.free, self.settings.claim_batch_size)
-        for queue in self._maybe_ready:
+        order = self._queue_order
+        self._queue_turn = (self._queue_turn + 1) % len(order)
+        for i in range(len(order)):
+            if budget <= 0:
+                break
+            queue = order[(self._queue_turn + i) % len(order)]
+            if queue not in self._maybe_ready:
+                continue
             n = min(self.queue_free[queue], budget)
             if n > 0:
                 limits[queue] = n
+                budget -= n
         return limits
 
     async def _fetch_loop(self) -> None:

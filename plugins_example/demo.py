@@ -54,7 +54,8 @@ async def choose_dsn() -> str:
 
 async def main(once: bool) -> int:
     dsn = await choose_dsn()
-    app.configure(dsn=dsn, schema="asyncjobs_demo", concurrency=50, shutdown_grace_s=5.0)
+    schema = os.environ.get("ASYNCJOBS_SCHEMA", "asyncjobs_demo")
+    app.configure(dsn=dsn, schema=schema, concurrency=50, shutdown_grace_s=5.0)
     stop = anyio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -80,7 +81,7 @@ async def main(once: bool) -> int:
             return 0
         print(
             "demo: the node keeps running. In another shell, try:\n"
-            f"  ASYNCJOBS_DSN='{dsn}' ASYNCJOBS_SCHEMA=asyncjobs_demo "
+            f"  ASYNCJOBS_DSN='{dsn}' ASYNCJOBS_SCHEMA={schema} "
             ".venv/bin/asyncjobs enqueue sleep --app plugins_example:app --args '[1]' --wait\n"
             "Press Ctrl-C to stop."
             if dsn != "memory://"

@@ -25,9 +25,12 @@ from .app import App
 from .errors import (
     AsyncJobsError,
     ConfigurationError,
+    InvalidJobOptionError,
     JobOutcomeError,
+    PayloadError,
     ResultTimeoutError,
     StoreUnavailableError,
+    UnknownJobError,
 )
 from .settings import Settings
 
@@ -370,8 +373,8 @@ def run_command(
         return anyio.run(func, args, backend="asyncio", backend_options=_backend_options())
     except CliError as exc:
         return _fail(str(exc), exc.code)
-    except ConfigurationError as exc:
-        return _fail(f"{exc}", EXIT_USAGE)
+    except (ConfigurationError, UnknownJobError, InvalidJobOptionError, PayloadError) as exc:
+        return _fail(f"{exc}", EXIT_USAGE)  # the command was given something that cannot work
     except StoreUnavailableError as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     except (JobOutcomeError, ResultTimeoutError) as exc:

@@ -85,6 +85,7 @@ class Node:
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self._shutdown_grace = settings.shutdown_grace_s
+        self._drain_scope: anyio.CancelScope | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -133,9 +134,16 @@ class Node:
             log.info("node %s stopped", self.id)
 
     def stop(self, grace: float | None = None) -> None:
-        """Ask the node to stop: no more claims, running jobs get ``grace`` seconds to end."""
+        """Ask the node to stop: no more claims, running jobs get ``grace`` seconds to end.
+
+        Called again with a shorter grace (a second SIGTERM), it shortens a drain that has
+        already begun.
+        """
         if grace is not None:
             self._shutdown_grace = min(self._shutdown_grace, grace)
+            scope = self._drain_scope
+            if scope is not None:
+                scope.deadline = min(scope.deadline, anyio.current_time() + grace)
         self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -150,8 +158,10 @@ class Node:
                 len(self.running),
                 self._shutdown_grace,
             )
-            with anyio.move_on_after(self._shutdown_grace):
+            with anyio.move_on_after(self._shutdown_grace) as scope:
+                self._drain_scope = scope
                 await self._idle.wait()
+            self._drain_scope = None
         if self.running:
             log.warning(
                 "node %s cancelling %d jobs still running after the shutdown grace period",

@@ -1,0 +1,96 @@
+"""The app the acceptance tests run in node subprocesses (``tests.acceptance.jobs_app:app``).
+
+Its jobs record what they do into ``<schema>.acceptance_runs`` (created by the tests), so a test
+can see from outside which attempt of which job ran, where, and whether it got to its end. The
+node process finds the database and schema in ``ASYNCJOBS_DSN`` and ``ASYNCJOBS_SCHEMA``, the
+same variables its settings come from.
+
+``build_app`` registers the jobs on a new App: the node imports ``app``; a test builds its own
+producer app with the same jobs (``build_app(settings)``), so it can enqueue them by reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import asyncpg
+
+from asyncjobs import App, JobContext, Retry, Settings
+
+RUNS_TABLE = "acceptance_runs"
+RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS {schema}.acceptance_runs (
+    seq     bigserial PRIMARY KEY,
+    job_id  uuid NOT NULL,
+    attempt integer NOT NULL,
+    event   text NOT NULL,           -- start, end, run
+    pid     integer NOT NULL,        -- the node process that ran it
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+
+
+class _RunsPool:
+    """One small pool per node process, opened by the first job that records something."""
+
+    def __init__(self) -> None:
+        self._pool: asyncpg.Pool | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def get(self) -> asyncpg.Pool:
+        if self._pool is None:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        os.environ["ASYNCJOBS_DSN"], min_size=1, max_size=10
+                    )
+        return self._pool
+
+
+_runs_pool = _RunsPool()
+
+
+async def record_event(ctx: JobContext, event: str) -> None:
+    pool = await _runs_pool.get()
+    schema = os.environ["ASYNCJOBS_SCHEMA"]
+    await pool.execute(
+        f"INSERT INTO {schema}.{RUNS_TABLE} (job_id, attempt, event, pid) VALUES ($1, $2, $3, $4)",
+        ctx.job_id,
+        ctx.attempt,
+        event,
+        os.getpid(),
+    )
+
+
+def build_app(settings: Settings | None = None) -> App:
+    """An App with the acceptance-test jobs registered."""
+    app = App(settings=settings)
+
+    @app.job()
+    async def hold(ctx: JobContext, seconds: float) -> float:
+        """At most once: records its start, sleeps, records its end."""
+        await record_event(ctx, "start")
+        await asyncio.sleep(seconds)
+        await record_event(ctx, "end")
+        return seconds
+
+    @app.job(retry=Retry(attempts=3, backoff=0.1))
+    async def hold_retryable(ctx: JobContext, seconds: float) -> float:
+        """The same as ``hold``, but retried (three attempts in all)."""
+        await record_event(ctx, "start")
+        await asyncio.sleep(seconds)
+        await record_event(ctx, "end")
+        return seconds
+
+    @app.job()
+    async def record(ctx: JobContext) -> None:
+        """Records that this attempt ran, and nothing else."""
+        await record_event(ctx, "run")
+
+    return app
+
+
+app = build_app()

@@ -1,0 +1,125 @@
+"""The ``asyncjobs`` command as a user runs it: output, exit status, errors as sentences.
+
+Exit statuses (cli.py): 0 ok, 1 the job or command failed, 2 usage or configuration,
+3 the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from .nodes import EXAMPLE_APP, NodeRunner, describe, run_cli, subprocess_env
+
+
+def assert_no_traceback(stderr: str) -> None:
+    assert "Traceback" not in stderr, f"a traceback instead of a sentence:\n{stderr}"
+
+
+async def test_enqueue_with_wait_prints_the_job_id_and_its_result(
+    nodes: NodeRunner, pg_dsn: str, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    await nodes.start(app=EXAMPLE_APP)
+    env = subprocess_env(pg_dsn, pg_schema)
+
+    result = await run_cli(
+        "enqueue", "sleep", "--app", EXAMPLE_APP, "--args", "[0.1]", "--wait", env=env
+    )
+
+    assert result.returncode == 0, describe(result)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, describe(result)
+    job_id = uuid.UUID(lines[0])
+    assert lines[1] == "0.1", describe(result)
+    state = await db.fetchval(
+        f"SELECT state::text FROM {pg_schema}.asyncjobs_jobs WHERE id = $1", job_id
+    )
+    assert state == "succeeded"
+
+
+async def test_enqueue_with_wait_of_a_failing_job_exits_1_with_one_line_naming_the_job(
+    nodes: NodeRunner, pg_dsn: str, pg_schema: str
+) -> None:
+    await nodes.start(app=EXAMPLE_APP)
+    env = subprocess_env(pg_dsn, pg_schema)
+
+    result = await run_cli("enqueue", "always_fails", "--app", EXAMPLE_APP, "--wait", env=env)
+
+    assert result.returncode == 1, describe(result)
+    assert_no_traceback(result.stderr)
+    error_lines = result.stderr.strip().splitlines()
+    assert len(error_lines) == 1, describe(result)
+    assert "always_fails" in error_lines[0], describe(result)
+    assert "failed" in error_lines[0], describe(result)
+    uuid.UUID(result.stdout.strip())  # the id was printed before waiting
+
+
+async def test_enqueue_of_an_unknown_job_exits_with_a_sentence_naming_it(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    env = subprocess_env(pg_dsn, pg_schema)
+
+    result = await run_cli("enqueue", "no_such_job", "--app", EXAMPLE_APP, env=env)
+
+    assert result.returncode == 2, describe(result)  # a usage error: the name is wrong
+    assert_no_traceback(result.stderr)
+    assert "'no_such_job'" in result.stderr, describe(result)
+    assert "unknown job" in result.stderr, describe(result)
+    assert result.stdout == "", describe(result)
+
+
+async def test_migrate_applies_the_migrations_once_then_says_the_schema_is_up_to_date(
+    pg_dsn: str, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    env = subprocess_env()  # flags only: no ASYNCJOBS_* variable
+    flags = ("--dsn", pg_dsn, "--schema", pg_schema)
+
+    first = await run_cli("migrate", *flags, env=env)
+    second = await run_cli("migrate", *flags, env=env)
+
+    assert first.returncode == 0, describe(first)
+    assert "applied 0001_initial" in first.stdout, describe(first)
+    assert pg_schema in first.stdout, describe(first)
+    tables = await db.fetchval(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'asyncjobs_jobs'",
+        pg_schema,
+    )
+    assert tables == 1
+    assert second.returncode == 0, describe(second)
+    assert "up to date" in second.stdout, describe(second)
+    assert "applied" not in second.stdout, describe(second)
+
+
+async def test_node_with_an_unreachable_database_exits_3_naming_the_address() -> None:
+    result = await run_cli(
+        "node", "--app", EXAMPLE_APP, "--dsn", "postgresql://127.0.0.1:1/x", env=subprocess_env()
+    )
+
+    assert result.returncode == 3, describe(result)
+    assert_no_traceback(result.stderr)
+    assert "127.0.0.1:1" in result.stderr, describe(result)
+
+
+async def test_node_with_a_dsn_that_is_not_a_url_exits_2_naming_the_setting() -> None:
+    result = await run_cli(
+        "node", "--app", EXAMPLE_APP, "--dsn", "not-a-url", env=subprocess_env(), timeout=15
+    )
+
+    assert result.returncode == 2, describe(result)
+    assert_no_traceback(result.stderr)
+    assert "dsn" in result.stderr, describe(result)
+    assert "not-a-url" in result.stderr, describe(result)
+
+
+async def test_node_with_an_app_module_that_does_not_exist_exits_2_with_a_sentence(
+    pg_dsn: str,
+) -> None:
+    result = await run_cli("node", "--app", "nope:app", env=subprocess_env(pg_dsn), timeout=15)
+
+    assert result.returncode == 2, describe(result)
+    assert_no_traceback(result.stderr)
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, describe(result)
+    assert "'nope'" in message, describe(result)
+    assert "--app" in message, describe(result)

@@ -37,8 +37,10 @@ POOL_MAX_SIZE = 10
 ENQUEUE_BATCH_SIZE = 1000  # most concurrent enqueue() calls coalesced into one INSERT
 
 ENV_PREFIX = "ASYNCJOBS_"
-# Variables under the prefix that are not settings (read by the test helpers and `make run`).
-ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_TEST_DSN", "ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL"})
+# Variables under the prefix that are not settings: read by the CLI, and ASYNCJOBS_TEST_* by
+# test tooling.
+ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL"})
+ENV_TEST_PREFIX = "ASYNCJOBS_TEST_"
 
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -110,6 +112,8 @@ class Settings:
         values: dict[str, Any] = {}
         for key, raw in env.items():
             if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
+                continue
+            if key.startswith(ENV_TEST_PREFIX):
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in _FIELD_NAMES or name == "extra":

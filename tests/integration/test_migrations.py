@@ -61,7 +61,7 @@ async def test_schema_built_by_the_migrations_matches_the_snapshot(
     pg_settings: Settings, pg_dsn: str
 ) -> None:
     """The snapshot is the readable current schema; regenerate it with
-    ASYNCJOBS_UPDATE_SNAPSHOT=1 after adding a migration, and review the diff."""
+    ASYNCJOBS_TEST_UPDATE_SNAPSHOT=1 after adding a migration, and review the diff."""
     store = PostgresStore(pg_settings)
     await store.open()
     try:
@@ -69,7 +69,7 @@ async def test_schema_built_by_the_migrations_matches_the_snapshot(
     finally:
         await store.close()
     actual = await describe_schema(pg_dsn, pg_settings.schema)
-    if os.environ.get("ASYNCJOBS_UPDATE_SNAPSHOT"):
+    if os.environ.get("ASYNCJOBS_TEST_UPDATE_SNAPSHOT"):
         SNAPSHOT.write_text(actual)
     assert actual == SNAPSHOT.read_text(), (
         "schema differs from tests/integration/schema_snapshot.txt"

@@ -285,6 +285,29 @@ async def test_result_of_an_unknown_id_says_so(node_app: Callable[..., App]) -> 
             await app.result("01a1fd2c-0000-7000-8000-000000000000", timeout=1)
 
 
+async def test_awaiting_a_job_right_after_enqueueing_it_does_not_delay_it(
+    node_app: Callable[..., App],
+) -> None:
+    # result() used to lock the new row for a moment; a claim skipping it took the queue for
+    # empty and the job waited for the poll. With the poll far away, any such miss times out.
+    async with node_app(poll_interval_s=60.0) as app:
+        for i in range(30):
+            assert await app.result(await app.enqueue("add", i, 1), timeout=5) == i + 1
+
+
+async def test_jobs_enqueued_while_a_claim_is_in_flight_are_not_missed(
+    node_app: Callable[..., App],
+) -> None:
+    async with node_app(poll_interval_s=60.0) as producer_and_node:
+        for _ in range(5):
+            ids = []
+            for i in range(40):  # paced, so notifications keep landing during claims
+                ids.append(await producer_and_node.enqueue("add", i, 0))
+                await asyncio.sleep(0.001)
+            for job_id in ids:
+                await producer_and_node.result(job_id, timeout=5)
+
+
 # -- unknown jobs, capacity, queues, order ---------------------------------------------------------
 
 

@@ -54,9 +54,9 @@ async def test_completion_racing_a_concurrent_update_of_the_row_still_applies(
     try:
         tx = other.transaction()
         await tx.start()
-        # What result() and cancel() do to a running row: update it, holding its lock.
+        # What a cancel request does to a running row: update it, holding its lock.
         await other.execute(
-            f"UPDATE {pg_settings.schema}.asyncjobs_jobs SET awaited = true WHERE id = $1",
+            f"UPDATE {pg_settings.schema}.asyncjobs_jobs SET cancel_requested = true WHERE id = $1",
             target,
         )
         outcomes = [

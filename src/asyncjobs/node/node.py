@@ -77,6 +77,7 @@ class Node:
         self.promoter = Promoter(self)
         self.claimed_total = 0
         self._maybe_ready: set[str] = set(self.queue_limit)  # check every queue at start
+        self._notified = dict.fromkeys(self.queue_limit, 0)  # "jobs ready" events per queue
         self._wake = asyncio.Event()
         self._draining = False
         self._idle = asyncio.Event()
@@ -204,6 +205,7 @@ class Node:
         while True:
             limits = self._claim_limits()
             if limits:
+                notified_before = dict(self._notified)
                 try:
                     claimed = await self.store.claim(self.id, limits, self.clock.time())
                 except StoreError as exc:
@@ -217,7 +219,7 @@ class Node:
                     retry_delay = min(retry_delay * 2, CLAIM_RETRY_MAX_S)
                     continue
                 retry_delay = 0.05
-                self._dispatch(claimed, limits)
+                self._dispatch(claimed, limits, notified_before)
                 continue
             self._wake.clear()
             with anyio.move_on_after(poll) as timer:
@@ -225,15 +227,20 @@ class Node:
             if timer.cancelled_caught:
                 self._maybe_ready.update(self.queue_limit)  # the poll fallback: look everywhere
 
-    def _dispatch(self, claimed: list[ClaimedJob], limits: dict[str, int]) -> None:
+    def _dispatch(
+        self, claimed: list[ClaimedJob], limits: dict[str, int], notified_before: dict[str, int]
+    ) -> None:
         per_queue: dict[str, int] = dict.fromkeys(limits, 0)
         for job in claimed:
             per_queue[job.queue] += 1
             self._start(job)
         self.claimed_total += len(claimed)
         for queue, asked in limits.items():
-            if per_queue[queue] < asked:
-                self._maybe_ready.discard(queue)  # it had fewer than we could take: drained
+            # Fewer than we could take means the queue was drained as the claim saw it. A job
+            # announced while the claim was in flight may be missing from that view, so the
+            # queue stays in view if a notification arrived meanwhile.
+            if per_queue[queue] < asked and self._notified[queue] == notified_before[queue]:
+                self._maybe_ready.discard(queue)
 
     def _start(self, claimed: ClaimedJob) -> None:
         definition = self.app.registry.get(claimed.name)
@@ -327,6 +334,7 @@ class Node:
         kind = event.kind
         if kind == "queue":
             if event.value in self.queue_limit:
+                self._notified[event.value] += 1
                 self._maybe_ready.add(event.value)
                 self._wake.set()
         elif kind == "cancel":

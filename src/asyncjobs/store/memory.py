@@ -56,7 +56,6 @@ class _Job:
     result: bytes | None = None
     error: bytes | None = None
     cancel_requested: bool = False
-    awaited: bool = False
 
 
 @dataclass(slots=True)
@@ -78,6 +77,7 @@ class MemoryStore:
     _scheduled: list[tuple[float, JobId]] = field(default_factory=list)
     _unique: dict[str, JobId] = field(default_factory=dict)
     _handlers: list[EventHandler] = field(default_factory=list)
+    _waiters: set[JobId] = field(default_factory=set)
 
     async def open(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -107,7 +107,8 @@ class MemoryStore:
         job.state = state
         if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
             del self._unique[job.unique_key]
-        if job.awaited:
+        if job.id in self._waiters:
+            self._waiters.discard(job.id)
             self._emit("finished", str(job.id))
 
     # -- producers -------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class MemoryStore:
             return None
         record = _record(job)
         if job.state in _ACTIVE:
-            job.awaited = True
+            self._waiters.add(job.id)
         return record
 
     # -- nodes ---------------------------------------------------------------------------------

@@ -118,11 +118,15 @@ WITH target AS (
         reason = $2
     FROM target AS t
     WHERE j.id = t.id AND t.state IN ('scheduled', 'waiting', 'queued', 'running')
-    RETURNING j.id, j.state, j.awaited
+    RETURNING j.id, j.state
+), waited AS (
+    DELETE FROM {t}waiters AS w USING upd
+    WHERE w.job_id = upd.id AND upd.state = 'cancelled'
+    RETURNING w.job_id
 ), wake AS (
     SELECT pg_notify('{channel}', 'c:' || id) FROM upd WHERE state = 'running'
     UNION ALL
-    SELECT pg_notify('{channel}', 'f:' || id) FROM upd WHERE state = 'cancelled' AND awaited
+    SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
 )
 SELECT coalesce((SELECT state FROM upd), (SELECT state FROM target)) AS state,
        (SELECT count(*) FROM wake) AS woken;
@@ -132,14 +136,17 @@ SELECT coalesce((SELECT state FROM upd), (SELECT state FROM target)) AS state,
 SELECT * FROM {t}jobs WHERE id = $1;
 
 -- name: watch_job
--- Marks job $1 as awaited (its end will be notified) and returns it as it was. The caller
--- still re-checks now and then: a job ending at this very moment may not see the flag.
-WITH flag AS (
-    UPDATE {t}jobs SET awaited = true
-    WHERE id = $1 AND NOT awaited AND state IN ('scheduled', 'waiting', 'queued', 'running')
-    RETURNING id
+-- Registers interest in job $1 (its end will be notified) without touching the job's row, and
+-- returns the job as it was. The caller still re-checks now and then: a job ending at this very
+-- moment may not see the registration.
+WITH register AS (
+    INSERT INTO {t}waiters (job_id)
+    SELECT id FROM {t}jobs
+    WHERE id = $1 AND state IN ('scheduled', 'waiting', 'queued', 'running')
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
 )
-SELECT j.*, (SELECT count(*) FROM flag) AS flagged FROM {t}jobs AS j WHERE j.id = $1;
+SELECT j.*, (SELECT count(*) FROM register) AS registered FROM {t}jobs AS j WHERE j.id = $1;
 
 -- name: register_node
 -- Records a starting node (its own row; no other node writes it while it is alive).

@@ -14,7 +14,6 @@ CREATE TABLE {t}jobs (
     attempt          integer NOT NULL DEFAULT 0,  -- with node_id, the fencing token
     max_attempts     integer NOT NULL DEFAULT 1,  -- 1: at most once
     cancel_requested boolean NOT NULL DEFAULT false,
-    awaited          boolean NOT NULL DEFAULT false, -- someone waits: NOTIFY when it ends
     run_at           timestamptz NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
@@ -39,6 +38,14 @@ CREATE INDEX {prefix}jobs_running ON {t}jobs (node_id) WHERE state = 'running';
 CREATE UNIQUE INDEX {prefix}jobs_unique_key ON {t}jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'waiting', 'queued', 'running');
 
+-- Jobs someone waits for (App.result): their end is announced over NOTIFY. A side table, so
+-- that registering interest never locks (or rewrites) the job's row: a claim skipping a
+-- locked row would take the queue for empty.
+CREATE TABLE {t}waiters (
+    job_id uuid PRIMARY KEY,
+    since  timestamptz NOT NULL DEFAULT now()
+);
+
 -- One row per node process; the node updates its own row on every heartbeat.
 CREATE TABLE {t}nodes (
     id           uuid PRIMARY KEY,
@@ -58,7 +65,7 @@ CREATE TABLE {t}nodes (
 -- still runs with the same attempt (fencing) by primary key; step 2, under a new snapshot,
 -- updates exactly the locked row versions by tid (a stale job's row is locked too, briefly,
 -- and left unchanged). In a single statement, a row changed by
--- someone else (a cancel request, a result waiter) after the statement's snapshot would be
+-- someone else (a cancel request) after the statement's snapshot would be
 -- locked at a version the update cannot see, and the outcome would be lost. Both steps have
 -- fixed plans (per-row primary-key lookups, then tid lookups), so stale statistics about how
 -- many jobs are running cannot turn them into a quadratic join.
@@ -96,7 +103,11 @@ BEGIN
         FROM unnest(v_tid, p_state, p_result, p_error, p_finished, p_run_at, p_reason)
              AS x(tid, state, result, error, finished, run_at, reason)
         WHERE j.ctid = x.tid
-        RETURNING j.id, j.queue, j.state, j.run_at, j.awaited
+        RETURNING j.id, j.queue, j.state, j.run_at
+    ), waited AS (
+        DELETE FROM {t}waiters AS w USING applied AS a
+        WHERE w.job_id = a.id AND a.state IN ('succeeded', 'failed', 'cancelled', 'lost')
+        RETURNING w.job_id
     ), wake AS (
         SELECT pg_notify('{channel}', 'q:' || queue)
         FROM (SELECT DISTINCT queue FROM applied WHERE state = 'queued') AS q
@@ -104,8 +115,7 @@ BEGIN
         SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
         FROM applied WHERE state = 'scheduled' HAVING count(*) > 0
         UNION ALL
-        SELECT pg_notify('{channel}', 'f:' || id)
-        FROM applied WHERE awaited AND state IN ('succeeded', 'failed', 'cancelled', 'lost')
+        SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
     )
     SELECT count(*) INTO v_woken FROM wake;
 

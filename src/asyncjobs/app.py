@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
+import orjson
 
 from .clock import Clock, SystemClock, to_timestamp
 from .enqueue import EnqueueBatcher
@@ -46,7 +47,7 @@ from .jobs import (
     iter_signatures,
     validate_job_options,
 )
-from .serialization import encode_args
+from .serialization import STRICT_JSON, encode_args
 from .settings import MEMORY_DSN, Settings, check_queue_name
 from .store.base import NewJob, Store, StoreEvent
 
@@ -58,6 +59,8 @@ R = TypeVar("R")
 RESULT_RECHECK_S = 2.0  # result() re-reads the job this often, in case a NOTIFY was missed
 MAX_UNIQUE_KEY_CHARS = 512
 BULK_THRESHOLD = 200  # from this many jobs (without unique keys) enqueue_many uses COPY
+_NO_OPTIONS = (None, None, None, None, None)  # Signature fields queue..unique_key, all unset
+_NO_KWARGS: dict[str, Any] = {}  # only ever encoded, never handed to a job
 
 
 class App:
@@ -91,6 +94,9 @@ class App:
         self._waiters: dict[JobId, set[asyncio.Future[None]]] = {}
         self._state = "new"  # new -> started -> stopped
         self._failure: BaseException | None = None
+        self._listening = False
+        self._listen_wanted = asyncio.Event()
+        self._listen_ready: asyncio.Future[None] | None = None
 
     # -- declaration ---------------------------------------------------------------------------
 
@@ -162,8 +168,8 @@ class App:
 
                 raise JobDefinitionError(
                     job_name,
-                    f"the name is already used by {existing.fn.__module__}."
-                    f"{existing.__qualname__}; pass name=... to one of them",
+                    f"{_where(f)} and {_where(existing.fn)} both use this name; pass "
+                    "name=... to one of them",
                 )
             definition = JobDef(
                 f,
@@ -229,14 +235,16 @@ class App:
     async def _run_services(self, ready: asyncio.Future[None]) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self.store.listen, self._on_event)
                 if self._node is not None:
+                    await tg.start(self.store.listen, self._on_event)
+                    self._listening = True
                     await tg.start(self._node.run)
-                if not ready.done():
                     ready.set_result(None)
-                if self._node is not None:
                     await self._node.wait_stopped()
                     tg.cancel_scope.cancel()
+                else:
+                    ready.set_result(None)
+                    await self._serve_listen_requests(tg)
         except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)
@@ -245,6 +253,33 @@ class App:
                 log.critical("asyncjobs services failed; the app stops", exc_info=exc)
                 self._wake_all_waiters()
             raise
+
+    async def _serve_listen_requests(self, tg: anyio.abc.TaskGroup) -> None:
+        """A producer listens only once something waits for a result: otherwise it would
+        receive (and discard) a notification for every job anyone enqueues."""
+        while True:
+            await self._listen_wanted.wait()
+            self._listen_wanted.clear()
+            request = self._listen_ready
+            try:
+                await tg.start(self.store.listen, self._on_event)
+            except Exception as exc:  # reported to the waiting caller; the next one retries
+                if request is not None and not request.done():
+                    request.set_exception(exc)
+                continue
+            self._listening = True
+            if request is not None and not request.done():
+                request.set_result(None)
+            await anyio.sleep_forever()
+
+    async def _ensure_listening(self) -> None:
+        if self._listening:
+            return
+        request = self._listen_ready
+        if request is None or (request.done() and request.exception() is not None):
+            request = self._listen_ready = asyncio.get_running_loop().create_future()
+            self._listen_wanted.set()
+        await asyncio.shield(request)
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop the node (draining running jobs for up to ``grace`` seconds, default
@@ -326,20 +361,55 @@ class App:
         items = iter_signatures(signatures)
         now = self.clock.time()
         ids = new_ids(len(items))
-        definitions: dict[str, JobDef[Any, Any]] = {}
-
-        def prepared() -> Iterator[NewJob]:
-            for sig, job_id in zip(items, ids, strict=True):
-                definition = definitions.get(sig.name)
-                if definition is None:
-                    definition = definitions[sig.name] = self._definition(sig.name)
-                yield self._prepare(sig, job_id, now, definition)
-
         if len(items) >= BULK_THRESHOLD and all(s.unique_key is None for s in items):
             # COPY, preparing each job while the previous ones stream (see Store.enqueue_bulk).
-            await store.enqueue_bulk(prepared())
+            await store.enqueue_bulk(self._prepare_bulk(items, ids, now))
             return ids
-        return await store.enqueue(list(prepared()))
+        return await store.enqueue(
+            [self._prepare(sig, job_id, now) for sig, job_id in zip(items, ids, strict=True)]
+        )
+
+    def _prepare_bulk(
+        self, items: Sequence[Signature], ids: list[JobId], now: float
+    ) -> Iterator[NewJob]:
+        """``_prepare`` for large batches, with the common case inlined.
+
+        A signature without per-call options whose arguments encode cleanly is built here
+        directly; anything else (options, a bad value, a null that may hide a NaN, an
+        oversized payload) goes through ``_prepare`` and its full checks. At 20,000 jobs the
+        function-call layers alone cost as much as the COPY.
+        """
+        limit = self._settings.max_payload_bytes
+        definitions: dict[str, JobDef[Any, Any]] = {}
+        make = tuple.__new__
+        dumps = orjson.dumps
+        for sig, job_id in zip(items, ids, strict=True):
+            definition = definitions.get(sig.name)
+            if definition is None:
+                definition = definitions[sig.name] = self._definition(sig.name)
+            kwargs = sig.kwargs
+            if sig[3:] == _NO_OPTIONS and (not kwargs or type(kwargs) is dict):
+                try:
+                    payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
+                except TypeError:
+                    payload = b""
+                if payload and len(payload) <= limit and b"null" not in payload:
+                    yield make(
+                        NewJob,
+                        (
+                            job_id,
+                            definition.name,
+                            definition.queue,
+                            definition.priority,
+                            "queued",
+                            payload,
+                            now,
+                            definition.max_attempts,
+                            None,
+                        ),
+                    )
+                    continue
+            yield self._prepare(sig, job_id, now, definition)
 
     def _definition(self, job: str | JobDef[Any, Any]) -> JobDef[Any, Any]:
         if isinstance(job, JobDef):
@@ -484,6 +554,7 @@ class App:
         job_id = coerce_job_id(job_id)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        await self._ensure_listening()
         while True:
             # Registered before reading the job, so a "finished" event that arrives while the
             # read is in flight is not missed.
@@ -533,6 +604,10 @@ class App:
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _result_of(record: JobRecord) -> Any:

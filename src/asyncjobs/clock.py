@@ -11,6 +11,8 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """What asyncjobs asks of a clock: the wall time. Pass one to ``App(clock=...)``."""
+
     def time(self) -> float:
         """Seconds since the epoch, UTC."""
         ...

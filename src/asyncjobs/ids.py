@@ -25,40 +25,64 @@ from asyncpg.pgproto.pgproto import UUID as _FastUUID
 _COUNTER_BITS = 26
 _COUNTER_LIMIT = 1 << _COUNTER_BITS
 
-_lock = threading.Lock()
-_last_ms = 0
-_next_counter = 0
+
+class _Sequence:
+    """The millisecond and counter of the next id this process makes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ms = 0
+        self.counter = 0
+
+    def reserve(self, n: int) -> tuple[int, int]:
+        """Reserve ``n`` consecutive (millisecond, counter) slots; return the first."""
+        limit = _COUNTER_LIMIT
+        with self.lock:
+            now_ms = time.time_ns() // 1_000_000
+            if now_ms > self.ms:  # a clock that steps back keeps the last millisecond
+                self.ms, self.counter = now_ms, 0
+            if self.counter >= limit:  # this millisecond's counter is spent
+                self.ms, self.counter = self.ms + 1, 0
+            ms, start = self.ms, self.counter
+            # A batch larger than what is left of the counter continues in later milliseconds.
+            self.ms, self.counter = ms + (start + n) // limit, (start + n) % limit
+        return ms, start
+
+
+_sequence = _Sequence()
 
 
 def new_id() -> uuid.UUID:
-    """One UUIDv7."""
-    return new_ids(1)[0]
+    """One UUIDv7 (the common case of ``new_ids``, without the batch machinery)."""
+    ms, c = _sequence.reserve(1)
+    head = (ms << 32 | 0x7000_8000 | ((c >> 14) << 16) | (c & 0x3FFF)).to_bytes(10, "big")
+    return _FastUUID(head + os.urandom(6))
 
 
 def new_ids(n: int) -> list[uuid.UUID]:
     """``n`` UUIDv7 values, each greater than every id this process made before."""
-    global _last_ms, _next_counter
     if n < 0:
         raise ValueError("n must be zero or more")
-    with _lock:
-        ms = time.time_ns() // 1_000_000
-        if ms > _last_ms:
-            _last_ms, _next_counter = ms, 0
-        ms, start = _last_ms, _next_counter
-        if start + n > _COUNTER_LIMIT:
-            # The counter of this millisecond is spent: continue in the next one.
-            ms, start = ms + 1, 0
-        _last_ms, _next_counter = ms, start + n
-    if n > _COUNTER_LIMIT:
-        raise ValueError(f"at most {_COUNTER_LIMIT:,} ids per call")
-    stamp = ms.to_bytes(6, "big")
+    ms, start = _sequence.reserve(n)
     rnd = os.urandom(6 * n)
     out: list[uuid.UUID] = []
-    append = out.append
-    for i in range(n):
-        c = start + i
-        head = bytes(
-            (0x70 | ((c >> 22) & 0x0F), (c >> 14) & 0xFF, 0x80 | ((c >> 8) & 0x3F), c & 0xFF)
-        )
-        append(_FastUUID(stamp + head + rnd[i * 6 : i * 6 + 6]))
+    done = 0
+    while done < n:
+        count = min(n - done, _COUNTER_LIMIT - start)
+        out.extend(_chunk(ms, start, count, rnd, done))
+        done += count
+        ms, start = ms + 1, 0
     return out
+
+
+def _chunk(ms: int, start: int, count: int, rnd: bytes, offset: int) -> list[uuid.UUID]:
+    # The first 10 bytes as one integer: timestamp (48 bits), version 7 (4), counter high
+    # (12), variant 0b10 (2), counter low (14); then 6 random bytes.
+    base = ms << 32 | 0x7000_8000
+    to_bytes = int.to_bytes
+    return [
+        _FastUUID(to_bytes(base | ((c >> 14) << 16) | (c & 0x3FFF), 10, "big") + rnd[i : i + 6])
+        for i, c in zip(
+            range(6 * offset, 6 * (offset + count), 6), range(start, start + count), strict=True
+        )
+    ]

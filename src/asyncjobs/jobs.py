@@ -242,7 +242,8 @@ def _wants_context(fn: Callable[..., Any]) -> bool:
         return False
     annotation = params[0].annotation
     if isinstance(annotation, str):
-        return annotation.rsplit(".", 1)[-1] == "JobContext"
+        # With `from __future__ import annotations`, ctx: "JobContext" arrives as "'JobContext'".
+        return annotation.strip("'\" ").rsplit(".", 1)[-1] == "JobContext"
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable forward references: fall back to the raw annotation

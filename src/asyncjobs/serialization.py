@@ -20,8 +20,9 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MiB, per payload (arguments, or a r
 
 # Datetimes, dataclasses and subclasses of str/int/dict/list are refused rather than silently
 # converted. UUIDs and enums still encode (to their string/value form).
-_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-_STRICT |= orjson.OPT_PASSTHROUGH_SUBCLASS
+STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+STRICT_JSON |= orjson.OPT_PASSTHROUGH_SUBCLASS
+_STRICT = STRICT_JSON
 
 _HINTS = {
     "datetime": " (send dt.isoformat() and parse it in the job)",

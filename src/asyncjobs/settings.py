@@ -42,8 +42,9 @@ ENV_PREFIX = "ASYNCJOBS_"
 ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL"})
 ENV_TEST_PREFIX = "ASYNCJOBS_TEST_"
 
-_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}")  # used with fullmatch
+_QUEUE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # used with fullmatch
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 _MAX_SECONDS = 365 * 24 * 3600.0  # a year: beyond that a duration is a typo, not a plan
 _MAX_CONCURRENCY = 1_000_000
 _MAX_SCHEMA_AND_PREFIX = 63 - len(".events")  # the channel is "<schema>.<prefix>events"
@@ -135,7 +136,7 @@ class Settings:
             check_dsn(self.dsn)
         for name in ("schema", "table_prefix"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not _NAME_RE.match(value):
+            if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
                 raise ConfigurationError(
                     name,
                     value,
@@ -238,19 +239,22 @@ def check_dsn(dsn: str) -> None:
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***``."""
+    """The DSN with any password (in the address or as ``?password=``) replaced by ``***``."""
     try:
         parts = urlsplit(dsn)
     except ValueError:
         return "<unparseable DSN>"
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    masked = parts
+    if parts.password is not None:
+        masked = masked._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        masked = masked._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
+    # Rebuild only when something was hidden: geturl() also normalises (e.g. drops "//").
+    return dsn if masked == parts else masked.geturl()
 
 
 def check_queue_name(name: Any, *, field_name: str = "queue") -> None:
-    if not isinstance(name, str) or not _QUEUE_RE.match(name):
+    if not isinstance(name, str) or not _QUEUE_RE.fullmatch(name):
         raise ConfigurationError(
             field_name,
             name,

@@ -326,6 +326,25 @@ async def test_cancel_of_a_running_job_flags_it_and_the_heartbeat_reports_it(sto
     assert record.reason == "operator"  # kept from the request
 
 
+@pytest.mark.parametrize("retry_state", ["queued", "scheduled"])
+async def test_a_retry_of_a_job_asked_to_cancel_ends_it_cancelled(
+    store: Store, retry_state: str
+) -> None:
+    new = job(max_attempts=3)
+    await store.enqueue([new])
+    info = await registered(store)
+    await store.claim(info.id, {"default": 1}, NOW)
+    await store.cancel(new.id, "operator", NOW)
+    # The job failed before its node acted on the request, and would be retried.
+    retry = Outcome(new.id, 1, retry_state, None, b'{"type":"E"}', NOW, NOW + 5, "attempt 1")
+    assert await store.complete(info.id, [retry]) == []
+    record = await store.get(new.id)
+    assert record is not None and record.state is JobState.CANCELLED
+    assert record.reason == "operator" and record.finished_at is not None
+    assert await store.claim(info.id, {"default": 1}, NOW + 10) == []
+    assert (await store.promote_due(NOW + 10, 10)).moved == 0
+
+
 async def test_cancel_leaves_a_finished_job_alone(store: Store) -> None:
     new = job()
     await store.enqueue([new])

@@ -255,22 +255,25 @@ class MemoryStore:
             ):
                 rejected.append(o.id)
                 continue
+            state = o.state
+            if job.cancel_requested and state in ("queued", "scheduled"):
+                state = "cancelled"  # someone asked to cancel it: never run it again
             job.result = o.result
             job.error = o.error
-            if o.reason is not None or o.state != "cancelled":
-                job.reason = o.reason  # a cancel outcome without reason keeps the requester's
-            job.finished_at = o.finished_at if o.state in TERMINAL_STATES else None
-            if o.run_at is not None:
+            if state != "cancelled" or (o.state == "cancelled" and o.reason is not None):
+                job.reason = o.reason  # a cancel without its own reason keeps the requester's
+            job.finished_at = o.finished_at if state in TERMINAL_STATES else None
+            if o.run_at is not None and state in ("queued", "scheduled"):
                 job.run_at = o.run_at
-            if o.state == "queued":
+            if state == "queued":
                 self._make_ready(job)
                 woken.add(job.queue)
-            elif o.state == "scheduled":
+            elif state == "scheduled":
                 job.state = "scheduled"
                 heapq.heappush(self._scheduled, (job.run_at, job.id))
                 earliest = job.run_at if earliest is None else min(earliest, job.run_at)
-            elif o.state in TERMINAL_STATES:
-                self._end(job, o.state)
+            elif state in TERMINAL_STATES:
+                self._end(job, state)
             else:
                 raise ValueError(f"an outcome cannot move a job to {o.state!r}")
         for queue in sorted(woken):
@@ -286,24 +289,29 @@ class MemoryStore:
         heap = self._scheduled
         while heap and heap[0][0] <= now and moved < limit:
             run_at, job_id = heapq.heappop(heap)
-            job = self.jobs.get(job_id)
-            if job is None or job.state != "scheduled" or job.run_at != run_at:
-                continue
+            if not self._is_scheduled_at(job_id, run_at):
+                continue  # a stale heap entry
+            job = self.jobs[job_id]
             self._make_ready(job)
             woken.add(job.queue)
             moved += 1
         for queue in sorted(woken):
             self._emit("queue", queue)
-        next_run_at = None
-        while heap:
-            run_at, job_id = heap[0]
-            job = self.jobs.get(job_id)
-            if job is not None and job.state == "scheduled" and job.run_at == run_at:
-                if run_at > now:
-                    next_run_at = run_at
-                break
-            heapq.heappop(heap)
+        # Like Postgres: the earliest scheduled job due after `now` (when the limit left due
+        # jobs behind, those are not it; the caller sees moved == limit and calls again).
+        next_run_at = min(
+            (
+                run_at
+                for run_at, job_id in heap
+                if run_at > now and self._is_scheduled_at(job_id, run_at)
+            ),
+            default=None,
+        )
         return PromoteResult(moved, next_run_at)
+
+    def _is_scheduled_at(self, job_id: JobId, run_at: float) -> bool:
+        job = self.jobs.get(job_id)
+        return job is not None and job.state == "scheduled" and job.run_at == run_at
 
     # -- events --------------------------------------------------------------------------------
 

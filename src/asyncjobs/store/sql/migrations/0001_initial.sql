@@ -89,20 +89,31 @@ BEGIN
       INTO v_tid
       FROM unnest(p_id, p_attempt) WITH ORDINALITY AS u(id, attempt, ord);
 
-    WITH applied AS (
-        UPDATE {t}jobs AS j
-        SET state = x.state,
-            result = x.result,
-            error = x.error,
-            -- A cancel outcome without a reason keeps the one given with the request.
-            reason = CASE WHEN x.state = 'cancelled' THEN coalesce(x.reason, j.reason)
-                          ELSE x.reason END,
-            finished_at = CASE WHEN x.state IN ('succeeded', 'failed', 'cancelled', 'lost')
-                               THEN to_timestamp(x.finished) END,
-            run_at = coalesce(to_timestamp(x.run_at), j.run_at)
+    WITH outcome AS (
+        -- A retry of a job someone asked to cancel ends it cancelled instead: the claim
+        -- that would re-run it clears the request.
+        SELECT x.tid, x.result, x.error, x.finished, x.run_at, x.reason,
+               x.state AS reported,
+               CASE WHEN x.state IN ('queued', 'scheduled') AND j.cancel_requested
+                    THEN 'cancelled'::{t}job_state ELSE x.state END AS state
         FROM unnest(v_tid, p_state, p_result, p_error, p_finished, p_run_at, p_reason)
              AS x(tid, state, result, error, finished, run_at, reason)
-        WHERE j.ctid = x.tid
+        JOIN {t}jobs AS j ON j.ctid = x.tid
+    ), applied AS (
+        UPDATE {t}jobs AS j
+        SET state = o.state,
+            result = o.result,
+            error = o.error,
+            -- A cancel without a reason of its own keeps the one given with the request.
+            reason = CASE WHEN o.state = 'cancelled' AND (o.reported <> 'cancelled'
+                                                          OR o.reason IS NULL)
+                          THEN j.reason ELSE o.reason END,
+            finished_at = CASE WHEN o.state IN ('succeeded', 'failed', 'cancelled', 'lost')
+                               THEN to_timestamp(o.finished) END,
+            run_at = CASE WHEN o.state IN ('queued', 'scheduled')
+                          THEN coalesce(to_timestamp(o.run_at), j.run_at) ELSE j.run_at END
+        FROM outcome AS o
+        WHERE j.ctid = o.tid
         RETURNING j.id, j.queue, j.state, j.run_at
     ), waited AS (
         DELETE FROM {t}waiters AS w USING applied AS a

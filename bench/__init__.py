@@ -1,0 +1,6 @@
+"""Benchmarks for asyncjobs: ``python -m bench`` (or ``make bench``).
+
+Each benchmark module exposes ``NAME``, ``SCHEMA`` and ``async def run(ctx) -> list[Figure]``.
+They are not tests: they print a table, write JSON to ``bench/results/`` and rewrite
+``bench/RESULTS.md``; nothing here asserts a number of seconds.
+"""

@@ -1,0 +1,106 @@
+"""concurrent_sleepers: memory per running job, and how fast a node fills 10,000 slots.
+
+A node in its own process (``bench.node_proc``, concurrency 10,000) is given 10,000 jobs that
+each ``await asyncio.sleep(30)``, in one ``enqueue_many``. Two figures:
+
+- the node process's RSS growth (psutil) from idle to all jobs running, divided by the number
+  of jobs: what one waiting coroutine job costs the node;
+- the time from the ``enqueue_many`` call until the database shows every job ``running``.
+
+RSS is read after a short settle so that every job's task has taken its first step (a claimed
+job is ``running`` in the database a moment before its coroutine has allocated its frames).
+The node is then stopped at once (shutdown grace 0, SIGKILL if it is slow) instead of after
+the 30 s sleeps, and this benchmark's schema is dropped: 10,000 interrupted jobs are of no
+interest, and a killed node would leave them ``running`` for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import psutil
+
+from .common import Context, Figure, drop_schema, fresh_schema, make_app, wait_for_count
+from .node_proc import NodeProcess
+
+NAME = "concurrent_sleepers"
+SCHEMA = "bench_sleepers"
+TARGET_BYTES_PER_JOB = 4096.0
+TARGET_ALL_RUNNING_S = 1.0
+SETTLE_S = 0.5  # before each RSS reading: let the node go idle / let every task start
+ALL_RUNNING_TIMEOUT_S = 60.0
+
+
+async def _once(dsn: str, n: int) -> tuple[float, float, int, int]:
+    """One run: (seconds until all running, RSS growth per job, RSS before, RSS after)."""
+    await fresh_schema(dsn, SCHEMA)
+    try:
+        async with NodeProcess(
+            dsn, SCHEMA, concurrency=n, shutdown_grace_s=0.0, kill_after_s=5.0
+        ) as node:
+            process = psutil.Process(node.pid)
+            app, jobs = make_app(dsn, SCHEMA)
+            await app.start(node=False)
+            con = await asyncpg.connect(dsn)
+            try:
+                # One job through claim, run and complete, so the node's connections are
+                # open and its code paths warm before the baseline is taken. (Waited for by a
+                # count, not app.result(): see the warm-up note in latency.py.)
+                await app.enqueue(jobs.noop)
+                await wait_for_count(con, SCHEMA, "succeeded", 1, timeout=10)
+                await asyncio.sleep(SETTLE_S)
+                rss_before = process.memory_info().rss
+                signatures = [jobs.sleeper.s() for _ in range(n)]
+                t0 = time.perf_counter()
+                await app.enqueue_many(signatures)
+                await wait_for_count(con, SCHEMA, "running", n, timeout=ALL_RUNNING_TIMEOUT_S)
+                all_running = time.perf_counter() - t0
+                await asyncio.sleep(SETTLE_S)
+                rss_after = process.memory_info().rss
+            finally:
+                await con.close()
+                await app.stop()
+    finally:
+        await drop_schema(dsn, SCHEMA)
+    return all_running, (rss_after - rss_before) / n, rss_before, rss_after
+
+
+async def run(ctx: Context) -> list[Figure]:
+    n = ctx.size(10_000, 1_000)
+    times: list[float] = []
+    per_job: list[float] = []
+    rss: list[dict[str, int]] = []
+    for i in range(ctx.repeats):
+        all_running, growth, before, after = await _once(ctx.dsn, n)
+        ctx.note(f"repeat {i + 1}: all running in {all_running:.3f} s, {growth:,.0f} B/job")
+        times.append(all_running)
+        per_job.append(growth)
+        rss.append({"before": before, "after": after})
+    params = {
+        "n": n,
+        "concurrency": n,
+        "job": "async def sleeper(): await asyncio.sleep(30)",
+        "node": "separate process (python -m bench.node_proc)",
+        "enqueue": "one enqueue_many of n signatures",
+        "rss_bytes_per_repeat": rss,
+    }
+    return [
+        Figure(
+            name="sleepers_rss_per_job",
+            unit="B/job",
+            samples=per_job,
+            target=TARGET_BYTES_PER_JOB,
+            higher_is_better=False,
+            params=params,
+        ),
+        Figure(
+            name="sleepers_all_running",
+            unit="s",
+            samples=times,
+            target=TARGET_ALL_RUNNING_S,
+            higher_is_better=False,
+            params=params,
+        ),
+    ]

@@ -1,0 +1,146 @@
+"""A node in its own process, for the figures where producer and node must not share a loop.
+
+Child side: ``python -m bench.node_proc --dsn ... --schema ... --concurrency N`` runs one node
+on uvloop (the loop nodes use in production) with the benchmark jobs, prints ``ready`` once it
+listens and has registered, and on SIGTERM stops with the given shutdown grace.
+
+Parent side: ``NodeProcess``, an async context manager that starts it, waits for ``ready`` and
+always stops it: SIGTERM, then SIGKILL if it has not exited within the grace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from types import TracebackType
+
+from .common import REPO_ROOT, make_app
+
+READY_LINE = b"ready"
+START_TIMEOUT_S = 30.0
+
+
+class NodeProcess:
+    """A running ``bench.node_proc`` child; ``pid`` is what psutil should measure."""
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        *,
+        concurrency: int,
+        poll_interval_s: float = 2.0,
+        shutdown_grace_s: float = 0.0,
+        kill_after_s: float = 5.0,
+    ) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "bench.node_proc",
+            "--dsn",
+            dsn,
+            "--schema",
+            schema,
+            "--concurrency",
+            str(concurrency),
+            "--poll-interval",
+            str(poll_interval_s),
+            "--shutdown-grace",
+            str(shutdown_grace_s),
+        ]
+        self.kill_after_s = kill_after_s
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def __aenter__(self) -> NodeProcess:
+        # stderr is inherited so a crashing node explains itself in the benchmark's output.
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert self.proc.stdout is not None
+            line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+            if line.strip() != READY_LINE:
+                raise RuntimeError(f"the node process did not start (it said {line!r})")
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.kill_after_s)
+        except TimeoutError:
+            pass  # SIGKILL below
+        finally:
+            if proc.returncode is None:
+                # Too slow, or we are being cancelled (Ctrl-C): a stray node would keep
+                # claiming jobs, so it never outlives the benchmark.
+                proc.kill()
+                await proc.wait()
+
+
+# -- child ---------------------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    app, _ = make_app(
+        args.dsn,
+        args.schema,
+        concurrency=args.concurrency,
+        poll_interval_s=args.poll_interval,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await app.start()
+    try:
+        # app.start() returns once the LISTEN connection is up and the node has registered and
+        # started its fetcher: from here a NOTIFY reaches it.
+        sys.stdout.buffer.write(READY_LINE + b"\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await app.stop(grace=args.shutdown_grace)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.node_proc")
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--schema", required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--shutdown-grace", type=float, default=0.0)
+    args = parser.parse_args()
+    # Only errors: the node's warnings on a forced stop are expected here and would clutter
+    # the benchmark output.
+    logging.basicConfig(level=logging.ERROR, format="node_proc %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()

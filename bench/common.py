@@ -9,12 +9,12 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -69,7 +69,13 @@ def make_app(dsn: str, schema: str, **settings: Any) -> tuple[App, Jobs]:
 
 @dataclass
 class Figure:
-    """One measured figure: the samples of every repeat, and the target from the issue."""
+    """One measured figure: the samples of every repeat, and the target from the issue.
+
+    ``baseline_samples``, when given, are the same measurement made with bare asyncpg code
+    (bench/baselines.py), one per repeat, interleaved with the asyncjobs samples. The machine's
+    speed drifts between runs, so ``ratio`` (asyncjobs over bare) is the figure that compares
+    from one run to the next; the absolute ones only compare within a run.
+    """
 
     name: str
     unit: str
@@ -77,10 +83,21 @@ class Figure:
     target: float | None
     higher_is_better: bool
     params: dict[str, Any] = field(default_factory=dict)
+    baseline_samples: list[float] | None = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
+
+    @property
+    def baseline(self) -> float | None:
+        return None if not self.baseline_samples else statistics.median(self.baseline_samples)
+
+    @property
+    def ratio(self) -> float | None:
+        """asyncjobs median / bare median: below 1 is slower for a rate, faster for a time."""
+        baseline = self.baseline
+        return None if not baseline else self.median / baseline
 
     @property
     def passed(self) -> bool | None:
@@ -96,6 +113,8 @@ class Figure:
             "median": self.median,
             "min": min(self.samples),
             "max": max(self.samples),
+            "baseline": self.baseline,
+            "ratio": self.ratio,
             "target_op": ">=" if self.higher_is_better else "<=",
             "passed": self.passed,
         }
@@ -185,6 +204,62 @@ async def count_state(con: asyncpg.Connection, schema: str, state: str) -> int:
 
 
 # -- timing --------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+async def alternate(
+    ctx: Context,
+    measure: Callable[[], Awaitable[T]],
+    bare: Callable[[], Awaitable[U]],
+    describe: Callable[[T, U], str],
+) -> tuple[list[T], list[U]]:
+    """Run a measurement and its bare baseline once per repeat, back to back.
+
+    The pair runs bare first in even repeats and asyncjobs first in odd ones, so that neither
+    side always gets the warmer (or the more throttled) slot. Returns both lists of results.
+    """
+    measured: list[T] = []
+    baseline: list[U] = []
+    for i in range(ctx.repeats):
+        if i % 2 == 0:
+            baseline.append(await bare())
+            measured.append(await measure())
+        else:
+            measured.append(await measure())
+            baseline.append(await bare())
+        ctx.note(f"repeat {i + 1}: {describe(measured[-1], baseline[-1])}")
+    return measured, baseline
+
+
+async def open_loop(
+    send: Callable[[int], Coroutine[Any, Any, None]], n: int, rate_per_s: float
+) -> float:
+    """Start ``send(i)`` at t0 + i/rate, each in its own task, whether or not earlier sends
+    have returned; wait for all of them and return the worst schedule lag in seconds."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+    worst_lag = 0.0
+    t0 = loop.time() + 0.01
+    for i in range(n):
+        due = t0 + i / rate_per_s
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        worst_lag = max(worst_lag, loop.time() - due)
+        tasks.append(asyncio.create_task(send(i)))
+    await asyncio.gather(*tasks)  # raises if any send failed
+    return worst_lag
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), linearly interpolated between the closest ranks."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 async def wait_until(

@@ -12,6 +12,10 @@ job is ``running`` in the database a moment before its coroutine has allocated i
 The node is then stopped at once (shutdown grace 0, SIGKILL if it is slow) instead of after
 the 30 s sleeps, and this benchmark's schema is dropped: 10,000 interrupted jobs are of no
 interest, and a killed node would leave them ``running`` for ever.
+
+Bare baseline for the memory figure, in the same repeat: ``baselines.sleepers``, a uvloop
+child process that starts n tasks each doing ``await asyncio.sleep(30)``, its RSS read the
+same way. The ratio is what the node adds to a bare task and coroutine per job.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import time
 import asyncpg
 import psutil
 
-from .common import Context, Figure, drop_schema, fresh_schema, make_app, wait_for_count
+from . import baselines
+from .common import (
+    Context,
+    Figure,
+    alternate,
+    drop_schema,
+    fresh_schema,
+    make_app,
+    wait_for_count,
+)
 from .node_proc import NodeProcess
 
 NAME = "concurrent_sleepers"
@@ -46,10 +59,8 @@ async def _once(dsn: str, n: int) -> tuple[float, float, int, int]:
             con = await asyncpg.connect(dsn)
             try:
                 # One job through claim, run and complete, so the node's connections are
-                # open and its code paths warm before the baseline is taken. (Waited for by a
-                # count, not app.result(): see the warm-up note in latency.py.)
-                await app.enqueue(jobs.noop)
-                await wait_for_count(con, SCHEMA, "succeeded", 1, timeout=10)
+                # open and its code paths warm before the first RSS reading.
+                await app.result(await app.enqueue(jobs.noop), timeout=10)
                 await asyncio.sleep(SETTLE_S)
                 rss_before = process.memory_info().rss
                 signatures = [jobs.sleeper.s() for _ in range(n)]
@@ -69,36 +80,36 @@ async def _once(dsn: str, n: int) -> tuple[float, float, int, int]:
 
 async def run(ctx: Context) -> list[Figure]:
     n = ctx.size(10_000, 1_000)
-    times: list[float] = []
-    per_job: list[float] = []
-    rss: list[dict[str, int]] = []
-    for i in range(ctx.repeats):
-        all_running, growth, before, after = await _once(ctx.dsn, n)
-        ctx.note(f"repeat {i + 1}: all running in {all_running:.3f} s, {growth:,.0f} B/job")
-        times.append(all_running)
-        per_job.append(growth)
-        rss.append({"before": before, "after": after})
+    runs, bare = await alternate(
+        ctx,
+        lambda: _once(ctx.dsn, n),
+        lambda: baselines.sleepers(n, SETTLE_S),
+        lambda r, b: f"all running in {r[0]:.3f} s, {r[1]:,.0f} B/job; bare {b[0]:,.0f} B/task",
+    )
     params = {
         "n": n,
         "concurrency": n,
         "job": "async def sleeper(): await asyncio.sleep(30)",
         "node": "separate process (python -m bench.node_proc)",
         "enqueue": "one enqueue_many of n signatures",
-        "rss_bytes_per_repeat": rss,
+        "rss_bytes_per_repeat": [{"before": r[2], "after": r[3]} for r in runs],
+        "bare": "n asyncio tasks each awaiting asyncio.sleep(30) in a uvloop child process",
+        "bare_rss_bytes_per_repeat": [{"before": b[1], "after": b[2]} for b in bare],
     }
     return [
         Figure(
             name="sleepers_rss_per_job",
             unit="B/job",
-            samples=per_job,
+            samples=[r[1] for r in runs],
             target=TARGET_BYTES_PER_JOB,
             higher_is_better=False,
             params=params,
+            baseline_samples=[b[0] for b in bare],
         ),
         Figure(
             name="sleepers_all_running",
             unit="s",
-            samples=times,
+            samples=[r[0] for r in runs],
             target=TARGET_ALL_RUNNING_S,
             higher_is_better=False,
             params=params,

@@ -10,6 +10,12 @@ reported separately in the JSON (``startup_s``).
 The clock stops on the completer's in-process counter rather than on a polling count query,
 so the measurement adds no load to the database it measures; a count query afterwards checks
 that the database agrees (no job left queued or running, N succeeded).
+
+Bare baseline, in the same repeat: the same backlog in its own schema, drained by
+``baselines.drain`` (claim up to 500 with SKIP LOCKED, one task per job, completions batched
+with ``unnest`` on a second connection), timed from opening its connections. The plan of its
+completion statement is recorded once (JSON: ``bare_complete_plan``), since ADR 0002 saw that
+shape degenerate.
 """
 
 from __future__ import annotations
@@ -19,17 +25,20 @@ import time
 
 import asyncpg
 
-from .common import Context, Figure, fresh_schema, make_app, state_counts, wait_until
+from . import baselines
+from .common import Context, Figure, alternate, fresh_schema, make_app, state_counts, wait_until
 
 NAME = "drain"
 SCHEMA = "bench_drain"
+BARE_SCHEMA = "bench_drain_bare"
 CONCURRENCY = 1000  # the issue's figure is for a node that may run 1000 jobs at once
 TARGET_JOBS_PER_S = 25_000.0
 DRAIN_TIMEOUT_S = 120.0
 
 
-async def _enqueue_backlog(dsn: str, n: int) -> None:
-    producer, jobs = make_app(dsn, SCHEMA)
+async def _enqueue_backlog(dsn: str, schema: str, n: int) -> None:
+    await fresh_schema(dsn, schema)
+    producer, jobs = make_app(dsn, schema)
     await producer.start(node=False)
     try:
         await producer.enqueue_many([jobs.noop.s() for _ in range(n)])
@@ -39,15 +48,14 @@ async def _enqueue_backlog(dsn: str, n: int) -> None:
     try:
         # Fresh statistics, as autovacuum would eventually provide: the claim and complete
         # plans should not be judged on an empty-table estimate.
-        await con.execute(f"VACUUM ANALYZE {SCHEMA}.asyncjobs_jobs")
+        await con.execute(f"VACUUM ANALYZE {schema}.asyncjobs_jobs")
     finally:
         await con.close()
 
 
 async def _once(dsn: str, n: int) -> tuple[float, float]:
     """One drain; returns (seconds from start to all outcomes written, start-up seconds)."""
-    await fresh_schema(dsn, SCHEMA)
-    await _enqueue_backlog(dsn, n)
+    await _enqueue_backlog(dsn, SCHEMA, n)
     app, _ = make_app(dsn, SCHEMA, concurrency=CONCURRENCY)
     t0 = time.perf_counter()
     await app.start()
@@ -58,32 +66,47 @@ async def _once(dsn: str, n: int) -> tuple[float, float]:
         elapsed = time.perf_counter() - t0
     finally:
         await app.stop()
+    await _check_drained(dsn, SCHEMA, n)
+    return elapsed, started - t0
+
+
+async def _bare(dsn: str, n: int) -> tuple[float, float]:
+    """One bare drain of the same backlog; returns (seconds in all, connect seconds)."""
+    await _enqueue_backlog(dsn, BARE_SCHEMA, n)
+    elapsed, connected = await baselines.drain(dsn, BARE_SCHEMA, n, CONCURRENCY)
+    await _check_drained(dsn, BARE_SCHEMA, n)
+    return elapsed, connected
+
+
+async def _check_drained(dsn: str, schema: str, n: int) -> None:
     con = await asyncpg.connect(dsn)
     try:
-        counts = await state_counts(con, SCHEMA)
+        counts = await state_counts(con, schema)
     finally:
         await con.close()
     if counts.get("succeeded", 0) != n or counts.get("queued") or counts.get("running"):
-        raise RuntimeError(f"after the drain the jobs table holds {counts}, not {n} succeeded")
-    return elapsed, started - t0
+        raise RuntimeError(f"after the drain {schema} holds {counts}, not {n} succeeded")
 
 
 async def run(ctx: Context) -> list[Figure]:
     n = ctx.size(20_000, 2_000)
-    rates: list[float] = []
-    startups: list[float] = []
-    for i in range(ctx.repeats):
-        elapsed, startup = await _once(ctx.dsn, n)
-        rates.append(n / elapsed)
-        ctx.note(f"repeat {i + 1}: {n / elapsed:,.0f} jobs/s (start-up {startup * 1000:.0f} ms)")
-        startups.append(startup)
+    runs, bare = await alternate(
+        ctx,
+        lambda: _once(ctx.dsn, n),
+        lambda: _bare(ctx.dsn, n),
+        lambda r, b: (
+            f"{n / r[0]:,.0f} jobs/s (start-up {r[1] * 1000:.0f} ms); bare {n / b[0]:,.0f} jobs/s"
+        ),
+    )
+    startups = [startup for _, startup in runs]
     return [
         Figure(
             name="drain",
             unit="jobs/s",
-            samples=rates,
+            samples=[n / elapsed for elapsed, _ in runs],
             target=TARGET_JOBS_PER_S,
             higher_is_better=True,
+            baseline_samples=[n / elapsed for elapsed, _ in bare],
             params={
                 "n": n,
                 "concurrency": CONCURRENCY,
@@ -92,6 +115,13 @@ async def run(ctx: Context) -> list[Figure]:
                 "timed": "app.start() until completer.flushed == n",
                 "startup_s_median": statistics.median(startups),
                 "startup_s": startups,
+                "bare": "claim <= 500 (SKIP LOCKED), a task per job, completions batched "
+                "with unnest on a second connection; timed from connecting",
+                "bare_connect_s": [connected for _, connected in bare],
+                # The last bare drain's table: every job succeeded, the statistics from before.
+                "bare_complete_plan": await baselines.complete_plan(
+                    ctx.dsn, BARE_SCHEMA, baselines.CLAIM_BATCH
+                ),
             },
         )
     ]

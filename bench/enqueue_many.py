@@ -3,16 +3,21 @@
 The signatures are built before the clock starts: the figure is the library's cost (validate,
 encode, COPY, NOTIFY, commit), not the caller's list comprehension. A warm-up call of a few
 hundred jobs first takes the same COPY path, so the connection is open and the code is warm.
+
+Bare baseline, in the same repeat: ``copy_records_to_table`` of the same rows, built (ids
+included) before the clock starts, in one transaction, after the same warm-up.
 """
 
 from __future__ import annotations
 
 import time
 
-from .common import Context, Figure, fresh_schema, make_app
+from . import baselines
+from .common import Context, Figure, alternate, fresh_schema, make_app
 
 NAME = "enqueue_many"
 SCHEMA = "bench_enqueue_many"
+BARE_SCHEMA = "bench_enqueue_many_bare"
 TARGET_JOBS_PER_S = 200_000.0
 WARMUP = 500  # above the COPY threshold (asyncjobs.app.BULK_THRESHOLD)
 
@@ -34,12 +39,19 @@ async def _once(dsn: str, n: int) -> float:
     return n / elapsed
 
 
+async def _bare(dsn: str, n: int) -> float:
+    await fresh_schema(dsn, BARE_SCHEMA)
+    return await baselines.enqueue_many(dsn, BARE_SCHEMA, n, WARMUP)
+
+
 async def run(ctx: Context) -> list[Figure]:
     n = ctx.size(20_000, 2_000)
-    rates: list[float] = []
-    for i in range(ctx.repeats):
-        rates.append(await _once(ctx.dsn, n))
-        ctx.note(f"repeat {i + 1}: {rates[-1]:,.0f} jobs/s")
+    rates, bare = await alternate(
+        ctx,
+        lambda: _once(ctx.dsn, n),
+        lambda: _bare(ctx.dsn, n),
+        lambda r, b: f"{r:,.0f} jobs/s; bare {b:,.0f} rows/s",
+    )
     return [
         Figure(
             name="enqueue_many",
@@ -47,6 +59,12 @@ async def run(ctx: Context) -> list[Figure]:
             samples=rates,
             target=TARGET_JOBS_PER_S,
             higher_is_better=True,
-            params={"n": n, "calls": 1, "call": "await app.enqueue_many([noop.s(), ...])"},
+            baseline_samples=bare,
+            params={
+                "n": n,
+                "calls": 1,
+                "call": "await app.enqueue_many([noop.s(), ...])",
+                "bare": "one copy_records_to_table of prebuilt records in a transaction",
+            },
         )
     ]

@@ -3,16 +3,23 @@
 This is the round-trip-bound case: nothing overlaps, so every call is one INSERT (with its
 NOTIFY) and one commit. A few warm-up calls first open the enqueue connection, which the
 store opens lazily, so the figure is the steady state.
+
+Bare baseline, in the same repeat: the same rows inserted one autocommit ``INSERT ...
+pg_notify`` statement at a time on one held asyncpg connection. Also recorded (JSON only):
+the commit limit, single-row inserts into a one-integer-column table.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
-from .common import Context, Figure, fresh_schema, make_app
+from . import baselines
+from .common import Context, Figure, alternate, fresh_schema, make_app
 
 NAME = "enqueue_sequential"
 SCHEMA = "bench_enqueue_sequential"
+BARE_SCHEMA = "bench_enqueue_sequential_bare"
 TARGET_JOBS_PER_S = 3_000.0
 WARMUP = 50
 
@@ -32,12 +39,22 @@ async def _once(dsn: str, n: int) -> float:
         await app.stop()
 
 
+async def _bare(dsn: str, n: int) -> tuple[float, float]:
+    """(bare INSERT+NOTIFY rate, one-column commit limit), both rows per second."""
+    await fresh_schema(dsn, BARE_SCHEMA)
+    rate = await baselines.enqueue_sequential(dsn, BARE_SCHEMA, n, WARMUP)
+    return rate, await baselines.commit_limit(dsn, BARE_SCHEMA, n, WARMUP)
+
+
 async def run(ctx: Context) -> list[Figure]:
     n = ctx.size(3_000, 300)
-    rates: list[float] = []
-    for i in range(ctx.repeats):
-        rates.append(await _once(ctx.dsn, n))
-        ctx.note(f"repeat {i + 1}: {rates[-1]:,.0f} jobs/s")
+    rates, bare = await alternate(
+        ctx,
+        lambda: _once(ctx.dsn, n),
+        lambda: _bare(ctx.dsn, n),
+        lambda r, b: f"{r:,.0f} jobs/s; bare {b[0]:,.0f}/s; commit limit {b[1]:,.0f}/s",
+    )
+    limits = [limit for _, limit in bare]
     return [
         Figure(
             name="enqueue_sequential",
@@ -45,6 +62,16 @@ async def run(ctx: Context) -> list[Figure]:
             samples=rates,
             target=TARGET_JOBS_PER_S,
             higher_is_better=True,
-            params={"n": n, "producers": 1, "warmup": WARMUP, "call": "await app.enqueue(noop)"},
+            baseline_samples=[rate for rate, _ in bare],
+            params={
+                "n": n,
+                "producers": 1,
+                "warmup": WARMUP,
+                "call": "await app.enqueue(noop)",
+                "bare": "one autocommit INSERT ... RETURNING + pg_notify statement per row, "
+                "one held connection",
+                "commit_limit_per_s_median": statistics.median(limits),
+                "commit_limit_per_s": limits,
+            },
         )
     ]

@@ -12,6 +12,11 @@ waiting for a notification.
 
 Both end points are ``time.time()`` on the same machine (the job returns its start time as its
 result), so the two processes share one clock.
+
+Bare baseline, in the same repeat: ``baselines.latency``, a producer sending one
+``INSERT ... pg_notify`` statement per job on the same schedule, and a child process that
+LISTENs and, on each notification, runs the claim statement; a job's end point is
+``time.time()`` when its claim returned.
 """
 
 from __future__ import annotations
@@ -23,11 +28,22 @@ import asyncpg
 
 from asyncjobs import App, JobDef, JobId
 
-from .common import Context, Figure, fresh_schema, make_app, wait_for_count
+from . import baselines
+from .common import (
+    Context,
+    Figure,
+    alternate,
+    fresh_schema,
+    make_app,
+    open_loop,
+    percentile,
+    wait_for_count,
+)
 from .node_proc import NodeProcess
 
 NAME = "latency"
 SCHEMA = "bench_latency"
+BARE_SCHEMA = "bench_latency_bare"
 RATE_PER_S = 200.0
 NODE_CONCURRENCY = 100  # the default; 200 jobs/s of no-ops never fill it
 NODE_POLL_S = 60.0  # see the module docstring: only NOTIFY can explain a fast start
@@ -36,20 +52,10 @@ IDLE_BEFORE_S = 0.3
 TARGETS_MS = {"p50": 1.5, "p90": None, "p99": 3.0, "max": None}
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), linearly interpolated between the closest ranks."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 async def _send_open_loop(
     app: App, job: JobDef[[], float], n: int
 ) -> tuple[list[float], list[JobId], float]:
     """Enqueue n jobs at RATE_PER_S; returns send times, ids, and the worst schedule lag."""
-    loop = asyncio.get_running_loop()
     sent = [0.0] * n
     ids: list[JobId | None] = [None] * n
 
@@ -57,18 +63,17 @@ async def _send_open_loop(
         sent[i] = time.time()
         ids[i] = await app.enqueue(job)
 
-    tasks: list[asyncio.Task[None]] = []
-    worst_lag = 0.0
-    t0 = loop.time() + 0.01
-    for i in range(n):
-        due = t0 + i / RATE_PER_S
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        worst_lag = max(worst_lag, loop.time() - due)
-        tasks.append(asyncio.create_task(send(i)))
-    await asyncio.gather(*tasks)  # raises if any enqueue failed, so every id is set
+    worst_lag = await open_loop(send, n, RATE_PER_S)  # raises if any enqueue failed
     return sent, [job_id for job_id in ids if job_id is not None], worst_lag
+
+
+def _stats(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(latencies, 50),
+        "p90": percentile(latencies, 90),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies),
+    }
 
 
 async def _once(dsn: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -82,11 +87,8 @@ async def _once(dsn: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
             app, jobs = make_app(dsn, SCHEMA)
             await app.start(node=False)
             try:
-                # Warm-up waits on a count, not on app.result(): result() right after enqueue
-                # can make the node miss the job until its next poll (see the report).
-                for i in range(WARMUP):
-                    await app.enqueue(jobs.stamp)
-                    await wait_for_count(con, SCHEMA, "succeeded", i + 1, timeout=10)
+                for _ in range(WARMUP):
+                    await app.result(await app.enqueue(jobs.stamp), timeout=10)
                 await asyncio.sleep(IDLE_BEFORE_S)
                 sent, ids, worst_lag = await _send_open_loop(app, jobs.stamp, n)
             finally:
@@ -113,12 +115,7 @@ async def _once(dsn: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
         to_insert.append((r["created"] - t_sent) * 1000)
         to_claim.append((r["claimed"] - r["created"]) * 1000)
         claim_to_start.append((r["started"] - r["claimed"]) * 1000)
-    stats = {
-        "p50": percentile(latencies, 50),
-        "p90": percentile(latencies, 90),
-        "p99": percentile(latencies, 99),
-        "max": max(latencies),
-    }
+    stats = _stats(latencies)
     segments = {
         "send_to_insert_ms_p50": percentile(to_insert, 50),
         "insert_to_claim_ms_p50": percentile(to_claim, 50),
@@ -130,13 +127,26 @@ async def _once(dsn: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
     return stats, segments
 
 
+async def _bare(dsn: str, n: int) -> tuple[dict[str, float], float]:
+    """One bare run; returns its percentiles (ms) and worst send lag (ms)."""
+    await fresh_schema(dsn, BARE_SCHEMA)
+    latencies, worst_lag = await baselines.latency(
+        dsn, BARE_SCHEMA, n, RATE_PER_S, WARMUP, IDLE_BEFORE_S, NODE_CONCURRENCY
+    )
+    return _stats(latencies), worst_lag * 1000
+
+
 async def run(ctx: Context) -> list[Figure]:
     n = ctx.size(1_000, 100)
-    runs = []
-    for i in range(ctx.repeats):
-        stats, segments = await _once(ctx.dsn, n)
-        ctx.note(f"repeat {i + 1}: p50 {stats['p50']:.2f} ms, p99 {stats['p99']:.2f} ms")
-        runs.append((stats, segments))
+    runs, bare = await alternate(
+        ctx,
+        lambda: _once(ctx.dsn, n),
+        lambda: _bare(ctx.dsn, n),
+        lambda r, b: (
+            f"p50 {r[0]['p50']:.2f} ms, p99 {r[0]['p99']:.2f} ms; "
+            f"bare p50 {b[0]['p50']:.2f} ms, p99 {b[0]['p99']:.2f} ms"
+        ),
+    )
     params = {
         "n": n,
         "rate_per_s": RATE_PER_S,
@@ -146,6 +156,9 @@ async def run(ctx: Context) -> list[Figure]:
         "node_poll_interval_s": NODE_POLL_S,
         "measured": "job start time.time() minus time.time() just before app.enqueue()",
         "segments_per_repeat": [segments for _, segments in runs],
+        "bare": "INSERT+pg_notify statement -> LISTEN + claim in a child process; "
+        "end point: time.time() when the claim returned",
+        "bare_worst_send_lag_ms": [lag for _, lag in bare],
     }
     return [
         Figure(
@@ -155,6 +168,7 @@ async def run(ctx: Context) -> list[Figure]:
             target=target,
             higher_is_better=False,
             params=params,
+            baseline_samples=[stats[key] for stats, _ in bare],
         )
         for key, target in TARGETS_MS.items()
     ]

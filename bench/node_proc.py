@@ -5,7 +5,8 @@ on uvloop (the loop nodes use in production) with the benchmark jobs, prints ``r
 listens and has registered, and on SIGTERM stops with the given shutdown grace.
 
 Parent side: ``NodeProcess``, an async context manager that starts it, waits for ``ready`` and
-always stops it: SIGTERM, then SIGKILL if it has not exited within the grace.
+always stops it: SIGTERM, then SIGKILL if it has not exited within the grace. Its base,
+``ChildProcess``, also runs the bare baselines' children (``bench.bare_proc``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import signal
 import sys
 from types import TracebackType
+from typing import Self
 
 from .common import REPO_ROOT, make_app
 
@@ -23,8 +25,75 @@ READY_LINE = b"ready"
 START_TIMEOUT_S = 30.0
 
 
-class NodeProcess:
-    """A running ``bench.node_proc`` child; ``pid`` is what psutil should measure."""
+class ChildProcess:
+    """A child process that prints ``ready`` once it is; ``pid`` is what psutil should measure.
+
+    Used as an async context manager: entering starts it and waits for ``ready``; leaving
+    always stops it.
+    """
+
+    def __init__(self, args: list[str], *, kill_after_s: float = 5.0) -> None:
+        self.args = args
+        self.kill_after_s = kill_after_s
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def readline(self, timeout: float) -> bytes:
+        """The child's next line of output (empty if it exited)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        return await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+
+    async def __aenter__(self) -> Self:
+        # stderr is inherited so a crashing child explains itself in the benchmark's output.
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            line = await self.readline(START_TIMEOUT_S)
+            if line.strip() != READY_LINE:
+                raise RuntimeError(f"{self.args[2]} did not start (it said {line!r})")
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> bytes:
+        """SIGTERM, then SIGKILL if it has not exited in time; returns what it printed since
+        the last line read (nothing if it had already been stopped or was killed)."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return b""
+        proc.send_signal(signal.SIGTERM)
+        out = b""
+        try:
+            # communicate() reads while waiting: a child printing more than a pipe holds
+            # would otherwise never exit.
+            out, _ = await asyncio.wait_for(proc.communicate(), self.kill_after_s)
+        except TimeoutError:
+            pass  # SIGKILL below
+        finally:
+            if proc.returncode is None:
+                # Too slow, or we are being cancelled (Ctrl-C): a stray node would keep
+                # claiming jobs, so it never outlives the benchmark.
+                proc.kill()
+                await proc.wait()
+        return out
+
+
+class NodeProcess(ChildProcess):
+    """A running ``bench.node_proc`` child: one asyncjobs node."""
 
     def __init__(
         self,
@@ -36,7 +105,7 @@ class NodeProcess:
         shutdown_grace_s: float = 0.0,
         kill_after_s: float = 5.0,
     ) -> None:
-        self.args = [
+        args = [
             sys.executable,
             "-m",
             "bench.node_proc",
@@ -51,52 +120,7 @@ class NodeProcess:
             "--shutdown-grace",
             str(shutdown_grace_s),
         ]
-        self.kill_after_s = kill_after_s
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def __aenter__(self) -> NodeProcess:
-        # stderr is inherited so a crashing node explains itself in the benchmark's output.
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE
-        )
-        try:
-            assert self.proc.stdout is not None
-            line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
-            if line.strip() != READY_LINE:
-                raise RuntimeError(f"the node process did not start (it said {line!r})")
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.kill_after_s)
-        except TimeoutError:
-            pass  # SIGKILL below
-        finally:
-            if proc.returncode is None:
-                # Too slow, or we are being cancelled (Ctrl-C): a stray node would keep
-                # claiming jobs, so it never outlives the benchmark.
-                proc.kill()
-                await proc.wait()
+        super().__init__(args, kill_after_s=kill_after_s)
 
 
 # -- child ---------------------------------------------------------------------------------------

@@ -29,12 +29,22 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3f}"
 
 
-def rows(figures: list[FigureDoc]) -> list[tuple[str, str, str, str, str]]:
-    """(figure, measured, min-max, target, result) for every figure."""
-    out = []
+def _vs_bare(f: FigureDoc) -> str:
+    """asyncjobs against its bare baseline: a share for a rate, a multiple for a cost."""
+    ratio = f.get("ratio")
+    if ratio is None:
+        return "—"
+    if f["target_op"] == ">=":  # a rate: higher is better
+        return f"{ratio:.0%} of bare"
+    return f"{ratio:.2f}\N{MULTIPLICATION SIGN} bare"
+
+
+def rows(figures: list[FigureDoc]) -> list[tuple[str, ...]]:
+    """(figure, measured, min-max, bare, vs bare, target, result) for every figure."""
+    out: list[tuple[str, ...]] = []
     for f in figures:
         if "error" in f:
-            out.append((f["error"], "—", "—", "—", "error"))
+            out.append((f["error"], "—", "—", "—", "—", "—", "error"))
             continue
         unit = f["unit"]
         target = "—"
@@ -43,11 +53,14 @@ def rows(figures: list[FigureDoc]) -> list[tuple[str, str, str, str, str]]:
             op = "≥" if f["target_op"] == ">=" else "≤"
             target = f"{op} {_fmt(f['target'], unit)} {unit}"
             result = "pass" if f["passed"] else "short"
+        baseline = f.get("baseline")
         out.append(
             (
                 f["name"],
                 f"{_fmt(f['median'], unit)} {unit}",
                 f"{_fmt(f['min'], unit)}..{_fmt(f['max'], unit)}",
+                "—" if baseline is None else f"{_fmt(baseline, unit)} {unit}",
+                _vs_bare(f),
                 target,
                 result,
             )
@@ -55,7 +68,20 @@ def rows(figures: list[FigureDoc]) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
-HEADER = ("figure", "measured (median)", "min..max", "target", "result")
+HEADER = ("figure", "measured (median)", "min..max", "bare", "vs bare", "target", "result")
+
+BARE_NOTE = (
+    "**Bare baselines.** This machine's commit rate and CPU time drift by tens of percent "
+    "from one run to the next, so the absolute figures below compare only within this run. "
+    "Each benchmark therefore also measures, in the same run and alternating with its own "
+    "repeats, the same work done with plain asyncpg and asyncio and no asyncjobs code "
+    "(`bench/baselines.py`): one-row INSERT+NOTIFY statements, one COPY, a claim/run/complete "
+    "loop over the same backlog, an INSERT+NOTIFY to LISTEN+claim pair, and bare sleeping "
+    "tasks. *Bare* is that baseline's median and *vs bare* is asyncjobs' median over it (a "
+    "share for rates, a multiple for latencies and memory). **The ratios are the numbers to "
+    "compare between runs.** The targets come from the issue and are absolute, so a pass or a "
+    "short near the line can flip with the machine's drift alone."
+)
 
 
 def table_text(figures: list[FigureDoc]) -> str:
@@ -105,13 +131,15 @@ def markdown(
         "Rewritten by every full-size run of `make bench` (`python -m bench`); see "
         "`bench/__main__.py`. Each figure is the median of the repeats, with their range.",
         "",
+        BARE_NOTE,
+        "",
         f"- **Command:** `{command}`",
         f"- **Date:** {when:%Y-%m-%d %H:%M} UTC",
         f"- **Repeats:** {repeats}",
         *_machine_lines(machine),
         "",
-        "| Figure | Measured (median) | Min..max | Target | Result |",
-        "|---|---:|---:|---:|:---:|",
+        "| Figure | Measured (median) | Min..max | Bare | vs bare | Target | Result |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(figures)]
     lines += ["", "## Parameters", ""]

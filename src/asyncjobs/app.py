@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
-import orjson
 
-from .clock import Clock, SystemClock, to_timestamp
+from .clock import Clock, SystemClock
 from .enqueue import EnqueueBatcher
 from .errors import (
     ClosedError,
     ConfigurationError,
-    InvalidJobOptionError,
-    JobCancelledError,
-    JobFailedError,
-    JobLostError,
     JobNotFoundError,
     NotStartedError,
     ResultTimeoutError,
@@ -35,8 +30,6 @@ from .errors import (
 )
 from .ids import new_id, new_ids
 from .jobs import (
-    PRIORITY_MAX,
-    PRIORITY_MIN,
     JobDef,
     JobId,
     JobRecord,
@@ -45,11 +38,12 @@ from .jobs import (
     Signature,
     coerce_job_id,
     iter_signatures,
-    validate_job_options,
+    register_job,
 )
-from .serialization import STRICT_JSON, encode_args
-from .settings import MEMORY_DSN, Settings, check_queue_name
-from .store.base import NewJob, Store, StoreEvent
+from .prepare import prepare, prepare_bulk
+from .results import ResultWaiters, result_of
+from .settings import MEMORY_DSN, Settings
+from .store.base import Store, StoreEvent
 
 log = logging.getLogger("asyncjobs")
 
@@ -57,10 +51,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 RESULT_RECHECK_S = 2.0  # result() re-reads the job this often, in case a NOTIFY was missed
-MAX_UNIQUE_KEY_CHARS = 512
 BULK_THRESHOLD = 200  # from this many jobs (without unique keys) enqueue_many uses COPY
-_NO_OPTIONS = (None, None, None, None, None)  # Signature fields queue..unique_key, all unset
-_NO_KWARGS: dict[str, Any] = {}  # only ever encoded, never handed to a job
 
 
 class App:
@@ -91,7 +82,7 @@ class App:
         self._batcher: EnqueueBatcher | None = None
         self._node: Any = None  # Node, imported lazily (the node is optional for producers)
         self._services: asyncio.Task[None] | None = None
-        self._waiters: dict[JobId, set[asyncio.Future[None]]] = {}
+        self._waiters = ResultWaiters()
         self._state = "new"  # new -> started -> stopped
         self._failure: BaseException | None = None
         self._listening = False
@@ -151,37 +142,10 @@ class App:
         """
 
         def register(f: Callable[P, Awaitable[R]]) -> JobDef[P, R]:
-            job_name = name if name is not None else getattr(f, "__name__", repr(f))
-            job_queue = queue if queue is not None else "default"
-            validate_job_options(
-                job_name,
-                f,
-                queue=job_queue,
-                priority=priority,
-                timeout=timeout,
-                soft_timeout=soft_timeout,
-                retry=retry,
-            )
-            existing = self.registry.get(job_name)
-            if existing is not None and existing.fn is not f:
-                from .errors import JobDefinitionError
-
-                raise JobDefinitionError(
-                    job_name,
-                    f"{_where(f)} and {_where(existing.fn)} both use this name; pass "
-                    "name=... to one of them",
-                )
-            definition = JobDef(
-                f,
-                name=job_name,
-                queue=job_queue,
-                priority=priority,
-                timeout=timeout,
-                soft_timeout=soft_timeout,
-                retry=retry,
-            )
-            self.registry[job_name] = definition
-            return definition
+            return register_job(
+                self.registry, f, name=name, queue=queue, priority=priority, timeout=timeout,
+                soft_timeout=soft_timeout, retry=retry,
+            )  # fmt: skip
 
         return register(fn) if fn is not None else register
 
@@ -251,7 +215,7 @@ class App:
             elif not isinstance(exc, asyncio.CancelledError):
                 self._failure = exc
                 log.critical("asyncjobs services failed; the app stops", exc_info=exc)
-                self._wake_all_waiters()
+                self._waiters.wake_all()
             raise
 
     async def _serve_listen_requests(self, tg: anyio.abc.TaskGroup) -> None:
@@ -300,7 +264,7 @@ class App:
                 services.cancel()
                 await asyncio.wait([services])
         finally:
-            self._wake_all_waiters()
+            self._waiters.wake_all()
             store, self._store = self._store, None
             if store is not None:
                 await store.close()
@@ -348,7 +312,10 @@ class App:
         sig = Signature(
             self._definition(job).name, args, kwargs, queue, priority, run_at, delay, unique_key
         )
-        new = self._prepare(sig, new_id(), self.clock.time())
+        new = prepare(
+            sig, self._definition(sig.name), new_id(), self.clock.time(),
+            self._settings.max_payload_bytes,
+        )  # fmt: skip
         return await self._batcher.submit(new)
 
     async def enqueue_many(self, signatures: Sequence[Signature]) -> list[JobId]:
@@ -361,55 +328,17 @@ class App:
         items = iter_signatures(signatures)
         now = self.clock.time()
         ids = new_ids(len(items))
+        limit = self._settings.max_payload_bytes
         if len(items) >= BULK_THRESHOLD and all(s.unique_key is None for s in items):
             # COPY, preparing each job while the previous ones stream (see Store.enqueue_bulk).
-            await store.enqueue_bulk(self._prepare_bulk(items, ids, now))
+            await store.enqueue_bulk(prepare_bulk(items, ids, now, limit, self._definition))
             return ids
         return await store.enqueue(
-            [self._prepare(sig, job_id, now) for sig, job_id in zip(items, ids, strict=True)]
+            [
+                prepare(sig, self._definition(sig.name), job_id, now, limit)
+                for sig, job_id in zip(items, ids, strict=True)
+            ]
         )
-
-    def _prepare_bulk(
-        self, items: Sequence[Signature], ids: list[JobId], now: float
-    ) -> Iterator[NewJob]:
-        """``_prepare`` for large batches, with the common case inlined.
-
-        A signature without per-call options whose arguments encode cleanly is built here
-        directly; anything else (options, a bad value, a null that may hide a NaN, an
-        oversized payload) goes through ``_prepare`` and its full checks. At 20,000 jobs the
-        function-call layers alone cost as much as the COPY.
-        """
-        limit = self._settings.max_payload_bytes
-        definitions: dict[str, JobDef[Any, Any]] = {}
-        make = tuple.__new__
-        dumps = orjson.dumps
-        for sig, job_id in zip(items, ids, strict=True):
-            definition = definitions.get(sig.name)
-            if definition is None:
-                definition = definitions[sig.name] = self._definition(sig.name)
-            kwargs = sig.kwargs
-            if sig[3:] == _NO_OPTIONS and (not kwargs or type(kwargs) is dict):
-                try:
-                    payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
-                except TypeError:
-                    payload = b""
-                if payload and len(payload) <= limit and b"null" not in payload:
-                    yield make(
-                        NewJob,
-                        (
-                            job_id,
-                            definition.name,
-                            definition.queue,
-                            definition.priority,
-                            "queued",
-                            payload,
-                            now,
-                            definition.max_attempts,
-                            None,
-                        ),
-                    )
-                    continue
-            yield self._prepare(sig, job_id, now, definition)
 
     def _definition(self, job: str | JobDef[Any, Any]) -> JobDef[Any, Any]:
         if isinstance(job, JobDef):
@@ -425,95 +354,6 @@ class App:
         if definition is None:
             raise UnknownJobError(name, list(self.registry))
         return definition
-
-    def _prepare(
-        self,
-        sig: Signature,
-        job_id: JobId,
-        now: float,
-        definition: JobDef[Any, Any] | None = None,
-    ) -> NewJob:
-        """Validate and encode one job; raises before anything is written."""
-        if definition is None:
-            definition = self._definition(sig.name)
-        name = definition.name
-        kwargs = sig.kwargs if type(sig.kwargs) is dict else dict(sig.kwargs)
-        payload = encode_args(name, sig.args, kwargs, self._settings.max_payload_bytes)
-        if not sig.has_options:  # the common case: the job's own queue and priority, now
-            return NewJob(
-                job_id,
-                name,
-                definition.queue,
-                definition.priority,
-                "queued",
-                payload,
-                now,
-                definition.max_attempts,
-                None,
-            )
-        queue = sig.queue if sig.queue is not None else definition.queue
-        priority = sig.priority if sig.priority is not None else definition.priority
-        if sig.queue is not None:
-            try:
-                check_queue_name(queue)
-            except ConfigurationError as exc:
-                raise InvalidJobOptionError(name, "queue", queue, exc.why) from None
-        if (
-            isinstance(priority, bool)
-            or not isinstance(priority, int)
-            or not (PRIORITY_MIN <= priority <= PRIORITY_MAX)
-        ):
-            raise InvalidJobOptionError(
-                name, "priority", priority, f"use a whole number in {PRIORITY_MIN}..{PRIORITY_MAX}"
-            )
-        run_at = self._run_at(name, sig.run_at, sig.delay, now)
-        if sig.unique_key is not None and (
-            not isinstance(sig.unique_key, str)
-            or not 0 < len(sig.unique_key) <= MAX_UNIQUE_KEY_CHARS
-        ):
-            raise InvalidJobOptionError(
-                name,
-                "unique_key",
-                sig.unique_key,
-                f"use a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} characters",
-            )
-        return NewJob(
-            job_id,
-            name,
-            queue,
-            priority,
-            "scheduled" if run_at > now else "queued",
-            payload,
-            run_at,
-            definition.max_attempts,
-            sig.unique_key,
-        )
-
-    @staticmethod
-    def _run_at(
-        name: str, run_at: datetime | None, delay: timedelta | float | None, now: float
-    ) -> float:
-        if run_at is not None and delay is not None:
-            raise InvalidJobOptionError(name, "run_at", run_at, "give run_at or delay, not both")
-        if run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise InvalidJobOptionError(name, "run_at", run_at, "expected a datetime")
-            try:
-                return to_timestamp(run_at)
-            except ValueError as exc:
-                raise InvalidJobOptionError(name, "run_at", run_at, str(exc)) from None
-        if delay is None:
-            return now
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not (0 <= seconds <= 10 * 365 * 86400)
-        ):
-            raise InvalidJobOptionError(
-                name, "delay", delay, "use zero or more seconds (at most ten years)"
-            )
-        return now + seconds
 
     # -- inspecting and controlling ----------------------------------------------------------
 
@@ -556,16 +396,14 @@ class App:
         deadline = None if timeout is None else loop.time() + timeout
         await self._ensure_listening()
         while True:
-            # Registered before reading the job, so a "finished" event that arrives while the
-            # read is in flight is not missed.
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.setdefault(job_id, set()).add(future)
+            # Registered before reading the job (see results.py).
+            future = self._waiters.register(job_id)
             try:
                 record = await store.watch(job_id)
                 if record is None:
                     raise JobNotFoundError(job_id)
                 if record.state.is_terminal:
-                    return _result_of(record)
+                    return result_of(record)
                 if self._failure is not None or self._state != "started":
                     raise ClosedError("the app stopped while waiting for a result")
                 wait = RESULT_RECHECK_S
@@ -577,47 +415,20 @@ class App:
                 with anyio.move_on_after(wait):
                     await future
             finally:
-                waiters = self._waiters.get(job_id)
-                if waiters is not None:
-                    waiters.discard(future)
-                    if not waiters:
-                        del self._waiters[job_id]
+                self._waiters.discard(job_id, future)
 
     # -- events ------------------------------------------------------------------------------------
 
     def _on_event(self, event: StoreEvent) -> None:
         if event.kind == "finished":
             try:
-                job_id = coerce_job_id(event.value)
+                self._waiters.finished(coerce_job_id(event.value))
             except ValueError:
                 return
-            for future in self._waiters.get(job_id, ()):
-                if not future.done():
-                    future.set_result(None)
         elif event.kind == "reconnected":
-            self._wake_all_waiters()
+            self._waiters.wake_all()
         if self._node is not None:
             self._node.on_event(event)
-
-    def _wake_all_waiters(self) -> None:
-        for waiters in self._waiters.values():
-            for future in waiters:
-                if not future.done():
-                    future.set_result(None)
-
-
-def _where(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _result_of(record: JobRecord) -> Any:
-    if record.state is JobState.SUCCEEDED:
-        return record.result
-    if record.state is JobState.FAILED:
-        raise JobFailedError(record.id, record.name, record.error)
-    if record.state is JobState.CANCELLED:
-        raise JobCancelledError(record.id, record.name, record.reason)
-    raise JobLostError(record.id, record.name, record.reason)
 
 
 def make_store(settings: Settings) -> Store:

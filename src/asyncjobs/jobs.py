@@ -190,6 +190,43 @@ class JobDef(Generic[P, R]):
         return f"<JobDef {self.name!r} queue={self.queue!r}>"
 
 
+def register_job(
+    registry: dict[str, JobDef[Any, Any]],
+    fn: Callable[P, Awaitable[R]],
+    *,
+    name: str | None,
+    queue: str | None,
+    priority: int,
+    timeout: float | None,
+    soft_timeout: float | None,
+    retry: Retry | None,
+) -> JobDef[P, R]:
+    """Validate a declaration and add it to ``registry`` (what ``App.job`` does)."""
+    job_name = name if name is not None else getattr(fn, "__name__", repr(fn))
+    job_queue = queue if queue is not None else "default"
+    validate_job_options(
+        job_name, fn, queue=job_queue, priority=priority, timeout=timeout,
+        soft_timeout=soft_timeout, retry=retry,
+    )  # fmt: skip
+    existing = registry.get(job_name)
+    if existing is not None and existing.fn is not fn:
+        raise JobDefinitionError(
+            job_name,
+            f"{_where(fn)} and {_where(existing.fn)} both use this name; pass name=... to one "
+            "of them",
+        )
+    definition = JobDef(
+        fn, name=job_name, queue=job_queue, priority=priority, timeout=timeout,
+        soft_timeout=soft_timeout, retry=retry,
+    )  # fmt: skip
+    registry[job_name] = definition
+    return definition
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 def validate_job_options(
     name: str,
     fn: Callable[..., Any],

@@ -8,19 +8,17 @@ schema becomes ``SchemaNotReadyError``, anything else ``StoreError``, always ``f
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
 import orjson
-from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import MigrationError, SchemaNotReadyError, StoreError, StoreUnavailableError
+from ..errors import StoreError
 from ..jobs import JobId, JobRecord, JobState
 from ..settings import Settings, mask_dsn
 from .base import (
@@ -34,95 +32,22 @@ from .base import (
     StoreEvent,
     record_from_row,
 )
-from .queries import channel_name, load_migrations, load_queries
+from .connections import (
+    CONNECTION_ERRORS,
+    Lane,
+    init_connection,
+    no_reset,
+    translate_error,
+    utc,
+)
+from .migrations import apply_migrations
+from .queries import channel_name, load_queries
 
 log = logging.getLogger("asyncjobs.store")
 
 _JOB_COLUMNS = ("id", "name", "queue", "priority", "state", "args", "run_at", "max_attempts")
 _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-)
-
-
-def _jsonb_encode(data: bytes) -> bytes:
-    # Payloads arrive already encoded (serialization.py measured and checked them); the binary
-    # jsonb format is a version byte followed by the JSON text.
-    return b"\x01" + data
-
-
-def _jsonb_decode(data: bytes) -> bytes:
-    return data[1:]
-
-
-async def _init_connection(con: asyncpg.Connection) -> None:
-    await con.set_type_codec(
-        "jsonb", schema="pg_catalog", format="binary", encoder=_jsonb_encode, decoder=_jsonb_decode
-    )
-
-
-_Conn = asyncpg.Connection | PoolConnectionProxy
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-async def _no_reset(con: asyncpg.Connection) -> None:
-    # asyncpg's default reset sends "pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL"
-    # on every release: a round trip per query. Our pooled connections never change session
-    # state outside managed transactions (asyncpg still rolls those back), so skip it.
-    return None
-
-
-class _Lane:
-    """A connection kept for one kind of hot-path statement (enqueue, claim, complete).
-
-    Each of those has at most one statement in flight per process, and asyncpg's pool costs
-    about as much per acquire/release as the statement itself on a small machine. A second
-    concurrent user of the same lane simply takes a pooled connection.
-    """
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self._con: asyncpg.Connection | None = None
-        self._busy = False
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[_Conn]:
-        if self._busy:
-            async with self._store.pool.acquire() as pooled:
-                yield pooled
-            return
-        self._busy = True
-        try:
-            con = self._con
-            if con is None or con.is_closed():
-                con = self._con = await self._store._connect()
-            try:
-                yield con
-            except asyncpg.PostgresError:
-                raise  # the statement failed; the connection is fine
-            except BaseException:
-                # Broken, or interrupted mid-statement: never reuse it.
-                self._con = None
-                con.terminate()
-                raise
-        finally:
-            self._busy = False
-
-    def close(self) -> None:
-        con, self._con = self._con, None
-        if con is not None:
-            con.terminate()
 
 
 class PostgresStore:
@@ -139,9 +64,9 @@ class PostgresStore:
         self.channel = channel_name(settings.schema, settings.table_prefix)
         self.q = load_queries(settings.schema, settings.table_prefix)
         self._pool: asyncpg.Pool | None = None
-        self._enqueue_lane = _Lane(self)
-        self._claim_lane = _Lane(self)
-        self._complete_lane = _Lane(self)
+        self._enqueue_lane = Lane(self._connect, lambda: self.pool)
+        self._claim_lane = Lane(self._connect, lambda: self.pool)
+        self._complete_lane = Lane(self._connect, lambda: self.pool)
         parts = urlsplit(self.dsn)
         host = parts.hostname or "localhost"
         port = parts.port or 5432
@@ -159,8 +84,8 @@ class PostgresStore:
                 self.dsn,
                 min_size=self.settings.pool_min_size,
                 max_size=self.settings.pool_max_size,
-                init=_init_connection,
-                reset=_no_reset,
+                init=init_connection,
+                reset=no_reset,
                 timeout=self.settings.connect_timeout_s,
                 server_settings={"application_name": "asyncjobs"},
             )
@@ -173,7 +98,7 @@ class PostgresStore:
             timeout=self.settings.connect_timeout_s,
             server_settings={"application_name": "asyncjobs"},
         )
-        await _init_connection(con)
+        await init_connection(con)
         return con
 
     async def close(self) -> None:
@@ -204,84 +129,18 @@ class PostgresStore:
             raise self._translate(exc) from exc
 
     def _translate(self, exc: BaseException) -> BaseException:
-        """The asyncjobs error for a driver error (or the error itself if it is not one)."""
-        if isinstance(exc, StoreError | anyio.get_cancelled_exc_class()):
-            return exc
-        if isinstance(exc, socket.gaierror):
-            return StoreUnavailableError(self.target, f"the host name does not resolve ({exc})")
-        if isinstance(exc, ConnectionRefusedError):
-            return StoreUnavailableError(self.target, "connection refused (no server listening)")
-        if isinstance(exc, TimeoutError):
-            return StoreUnavailableError(
-                self.target, f"no answer within {self.settings.connect_timeout_s:g} s"
-            )
-        if isinstance(
-            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-        ):
-            return StoreUnavailableError(self.target, f"the server refused the login ({exc})")
-        if isinstance(exc, asyncpg.InvalidCatalogNameError):
-            return StoreUnavailableError(self.target, f"the database does not exist ({exc})")
-        if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedObjectError):
-            return SchemaNotReadyError(f"{self.target} schema {self.schema}", str(exc))
-        if isinstance(exc, _CONNECTION_ERRORS):
-            return StoreUnavailableError(self.target, f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, asyncpg.PostgresError):
-            return StoreError(f"Postgres rejected a statement: {type(exc).__name__}: {exc}")
-        return exc
+        return translate_error(
+            exc,
+            target=self.target,
+            schema=self.schema,
+            connect_timeout_s=self.settings.connect_timeout_s,
+        )
 
     # -- schema --------------------------------------------------------------------------------
 
     async def migrate(self) -> list[str]:
-        applied: list[str] = []
-        t = f"{self.schema}.{self.prefix}"
-        async with self._errors(), self.pool.acquire() as con, con.transaction():
-            # One migrator at a time per schema and prefix; others wait, then find nothing to do.
-            await con.execute(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                f"asyncjobs:{self.schema}.{self.prefix}",
-            )
-            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            await con.execute(
-                f"CREATE TABLE IF NOT EXISTS {t}migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL, checksum text,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            # Tables made before checksums were recorded get the column; their rows adopt the
-            # current checksum below.
-            await con.execute(f"ALTER TABLE {t}migrations ADD COLUMN IF NOT EXISTS checksum text")
-            done = {r["version"]: r for r in await con.fetch(f"SELECT * FROM {t}migrations")}
-            known = load_migrations(self.schema, self.prefix)
-            newest = max(done, default=0)
-            if newest > len(known):
-                raise MigrationError(
-                    self.description,
-                    f"it is at migration {newest}, newer than this asyncjobs knows "
-                    f"({len(known)}); upgrade asyncjobs on this machine",
-                )
-            for migration in known:
-                row = done.get(migration.version)
-                if row is not None:
-                    if row["checksum"] is None:
-                        await con.execute(
-                            f"UPDATE {t}migrations SET checksum = $2 WHERE version = $1",
-                            migration.version,
-                            migration.checksum,
-                        )
-                    elif row["checksum"] != migration.checksum:
-                        raise MigrationError(
-                            self.description,
-                            f"migration {migration.label} was changed after it was applied "
-                            "there. Never edit an applied migration: add a new one",
-                        )
-                    continue
-                await con.execute(migration.sql)
-                await con.execute(
-                    f"INSERT INTO {t}migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
-                )
-                applied.append(migration.label)
+        async with self._errors(), self.pool.acquire() as con:
+            applied = await apply_migrations(con, self.schema, self.prefix, self.description)
         if applied:
             log.info("migrated %s: applied %s", self.description, ", ".join(applied))
         return applied
@@ -291,14 +150,31 @@ class PostgresStore:
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobId]:
         if not jobs:
             return []
+        # Jobs without unique keys take a plain INSERT (cheaper than ON CONFLICT). If one of
+        # them exists already (a re-sent insert), that INSERT fails whole, writing nothing, and
+        # the batch goes again through the ON CONFLICT variant, which skips it.
+        unique = any(j.unique_key is not None for j in jobs)
         async with self._errors(), self._enqueue_lane.connection() as con:
             if len(jobs) == 1:
-                row = await con.fetchrow(self.q["insert_job"], *jobs[0])
+                row = None
+                if not unique:
+                    try:
+                        row = await con.fetchrow(self.q["insert_job"], *jobs[0])
+                    except asyncpg.UniqueViolationError:
+                        unique = True
+                if unique:
+                    row = await con.fetchrow(self.q["insert_job_unique"], *jobs[0])
                 if row is not None:
                     return [jobs[0].id]
                 return await self._resolve_skipped(jobs, set())
             cols = list(zip(*jobs, strict=True))
-            rows = await con.fetch(self.q["insert_jobs"], *cols)
+            if not unique:
+                try:
+                    rows = await con.fetch(self.q["insert_jobs"], *cols)
+                except asyncpg.UniqueViolationError:
+                    unique = True
+            if unique:
+                rows = await con.fetch(self.q["insert_jobs_unique"], *cols)
         if len(rows) == len(jobs):
             return [j.id for j in jobs]
         async with self._errors():
@@ -309,16 +185,18 @@ class PostgresStore:
         earliest_scheduled: float | None = None
         times: dict[float, datetime] = {}  # most jobs of a batch share one run_at
 
-        async def records() -> AsyncIterator[tuple[Any, ...]]:
+        def records() -> Iterator[tuple[Any, ...]]:
             # Consumed by COPY while it streams: each job is prepared (and validated) while
-            # the server ingests the previous ones.
+            # the server ingests the previous ones. A plain generator: asyncpg consumes it in
+            # a tight loop and writes whenever its buffer fills; an async one would cost a
+            # coroutine resume per row.
             nonlocal earliest_scheduled
             for j in jobs:
                 if j.unique_key is not None:
                     raise ValueError("enqueue_bulk cannot honour unique keys; use enqueue")
                 when = times.get(j.run_at)
                 if when is None:
-                    when = times[j.run_at] = _utc(j.run_at)
+                    when = times[j.run_at] = utc(j.run_at)
                 if j.state == "queued":
                     ready_queues.add(j.queue)
                 elif earliest_scheduled is None or j.run_at < earliest_scheduled:
@@ -449,7 +327,7 @@ class PostgresStore:
                     task_status.started()
                 await lost.wait()
                 log.warning("LISTEN connection to %s lost; reconnecting", self.target)
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if not started:
                     raise self._translate(exc) from exc
                 log.warning(

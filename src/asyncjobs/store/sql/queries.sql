@@ -4,9 +4,29 @@
 -- Batched statements take one array per column and unnest them: one round trip per batch.
 
 -- name: insert_jobs
--- Inserts jobs in one statement. A job whose id exists (a retried insert) or whose unique_key
--- matches an unfinished job is skipped, not an error. Wakes the nodes serving each queue that
+-- Inserts jobs without unique keys in one statement (a plain INSERT: no speculative-insertion
+-- checks, which cost about 6% of a single enqueue). Wakes the nodes serving each queue that
 -- got a ready job, and the promoters when a scheduled job was added. Returns inserted ids.
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
+           u.max_attempts, u.unique_key
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::{t}job_state[],
+                $6::jsonb[], $7::float8[], $8::integer[], $9::text[])
+         AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    RETURNING id, queue, state, run_at
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue)
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS q
+    UNION ALL
+    SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
+    FROM ins WHERE state = 'scheduled' HAVING count(*) > 0
+)
+SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
+
+-- name: insert_jobs_unique
+-- Like insert_jobs, for batches with unique keys: a job whose unique_key matches an unfinished
+-- job (or whose id exists) is skipped, not an error; the caller looks up what it collided with.
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
     SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
@@ -26,8 +46,20 @@ WITH ins AS (
 SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
 
 -- name: insert_job
--- Inserts one job (the common single enqueue): the same guarantees as insert_jobs, without
--- the arrays. Returns its id, or no row if it was skipped.
+-- Inserts one job without a unique key (the common single enqueue) and wakes the nodes or
+-- promoters, in one round trip.
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9)
+    RETURNING id, queue, state, run_at
+)
+SELECT id, pg_notify('{channel}', CASE WHEN state = 'queued' THEN 'q:' || queue
+                                       ELSE 's:' || extract(epoch FROM run_at) END)
+FROM ins;
+
+-- name: insert_job_unique
+-- Like insert_job, for a job with a unique key: skipped (no row returned) if an unfinished job
+-- holds the key.
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
     VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9)

@@ -1,0 +1,133 @@
+"""asyncpg connections for PostgresStore: codecs, the hot-path lanes, and error translation.
+
+Driver errors are translated here, at the store boundary: a connection failure becomes
+``StoreUnavailableError`` naming the host, a missing schema ``SchemaNotReadyError``, any other
+statement error ``StoreError``; the store raises them ``from`` the cause.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import anyio
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from ..errors import SchemaNotReadyError, StoreError, StoreUnavailableError
+
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+# Payloads arrive already encoded (serialization.py measured and checked them); the binary
+# jsonb format is a version byte followed by the JSON text. Built from C callables, not
+# Python functions: asyncpg calls them once per value, 20,000 times in an enqueue_many.
+_jsonb_encode = functools.partial(operator.add, b"\x01")
+_jsonb_decode = operator.itemgetter(slice(1, None))
+
+
+async def init_connection(con: asyncpg.Connection) -> None:
+    """Set up a new connection: jsonb passes through as bytes, encoded and decoded by us."""
+    await con.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary", encoder=_jsonb_encode, decoder=_jsonb_decode
+    )
+
+
+async def no_reset(con: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing.
+
+    asyncpg's default sends "pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL" on every
+    release, a round trip per query. Our pooled connections never change session state outside
+    managed transactions (asyncpg still rolls those back), so there is nothing to reset.
+    """
+    return None
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class Lane:
+    """A connection kept for one kind of hot-path statement (enqueue, claim, complete).
+
+    Each of those has at most one statement in flight per process, and asyncpg's pool costs
+    about as much per acquire/release as the statement itself on a small machine. A second
+    concurrent user of the same lane simply takes a pooled connection.
+    """
+
+    def __init__(
+        self, connect: Callable[[], Awaitable[asyncpg.Connection]], pool: Callable[[], asyncpg.Pool]
+    ) -> None:
+        self._connect = connect
+        self._pool = pool
+        self._con: asyncpg.Connection | None = None
+        self._busy = False
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        if self._busy:
+            async with self._pool().acquire() as pooled:
+                yield pooled
+            return
+        self._busy = True
+        try:
+            con = self._con
+            if con is None or con.is_closed():
+                con = self._con = await self._connect()
+            try:
+                yield con
+            except asyncpg.PostgresError:
+                raise  # the statement failed; the connection is fine
+            except BaseException:
+                # Broken, or interrupted mid-statement: never reuse it.
+                self._con = None
+                con.terminate()
+                raise
+        finally:
+            self._busy = False
+
+    def close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            con.terminate()
+
+
+def translate_error(
+    exc: BaseException, *, target: str, schema: str, connect_timeout_s: float
+) -> BaseException:
+    """The asyncjobs error for a driver error (or the error itself if it is not one)."""
+    if isinstance(exc, StoreError | anyio.get_cancelled_exc_class()):
+        return exc
+    if isinstance(exc, socket.gaierror):
+        return StoreUnavailableError(target, f"the host name does not resolve ({exc})")
+    if isinstance(exc, ConnectionRefusedError):
+        return StoreUnavailableError(target, "connection refused (no server listening)")
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailableError(target, f"no answer within {connect_timeout_s:g} s")
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        return StoreUnavailableError(target, f"the server refused the login ({exc})")
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return StoreUnavailableError(target, f"the database does not exist ({exc})")
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedObjectError):
+        return SchemaNotReadyError(f"{target} schema {schema}", str(exc))
+    if isinstance(exc, CONNECTION_ERRORS):
+        return StoreUnavailableError(target, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return StoreError(f"Postgres rejected a statement: {type(exc).__name__}: {exc}")
+    return exc

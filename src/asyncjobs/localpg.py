@@ -88,6 +88,8 @@ class LocalCluster:
             )
         self.path.mkdir(parents=True, exist_ok=True)
         owner = _unprivileged_user()
+        if owner is not None:
+            _check_reachable(self.path, owner)
         if not (self.data_dir / "PG_VERSION").exists():
             if self.data_dir.exists():
                 shutil.rmtree(self.data_dir)  # a half-made cluster from an interrupted run
@@ -189,6 +191,24 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
         "running as root, and neither a 'postgres' nor a 'nobody' user exists to run a private "
         "Postgres as; create one, or point ASYNCJOBS_DSN at a running server"
     )
+
+
+def _check_reachable(path: Path, owner: pwd.struct_passwd) -> None:
+    """Refuse early, with the folder named, when ``owner`` cannot reach ``path``."""
+    target = path.resolve()
+    for folder in [*reversed(target.parents), target]:
+        if not folder.exists():
+            break
+        st = folder.stat()
+        if st.st_uid == owner.pw_uid:
+            continue
+        if not st.st_mode & 0o001 and not (st.st_gid == owner.pw_gid and st.st_mode & 0o010):
+            raise LocalPostgresError(
+                f"cannot start a private Postgres in {path}: it runs as user {owner.pw_name} "
+                f"(Postgres refuses root), who cannot enter {folder} (mode "
+                f"{st.st_mode & 0o777:o}). Use a folder every user can reach, such as one "
+                "under /tmp or the project directory"
+            )
 
 
 def _chown(path: Path, owner: pwd.struct_passwd | None) -> None:

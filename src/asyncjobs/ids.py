@@ -59,6 +59,13 @@ def new_id() -> uuid.UUID:
     return _FastUUID(head + os.urandom(6))
 
 
+def id_floor(ts: float) -> uuid.UUID:
+    """The smallest UUIDv7 of the millisecond ``ts`` (epoch seconds): every id made at or
+    after that time by a correct clock is greater."""
+    ms = max(0, int(ts * 1000))
+    return _FastUUID((ms << 32 | 0x7000_8000).to_bytes(10, "big") + bytes(6))
+
+
 def new_ids(n: int) -> list[uuid.UUID]:
     """``n`` UUIDv7 values, each greater than every id this process made before."""
     if n < 0:

@@ -35,6 +35,8 @@ CONNECT_TIMEOUT_S = 5.0  # per connection attempt
 POOL_MIN_SIZE = 2  # Postgres connections kept open (the LISTEN connection is extra)
 POOL_MAX_SIZE = 10
 ENQUEUE_BATCH_SIZE = 1000  # most concurrent enqueue() calls coalesced into one INSERT
+RETENTION_S = 7 * 24 * 3600.0  # finished jobs are kept this long, then pruned
+PRUNE_INTERVAL_S = 60.0  # each node looks for jobs to prune this often
 
 ENV_PREFIX = "ASYNCJOBS_"
 # Variables under the prefix that are not settings: read by the CLI, and ASYNCJOBS_TEST_* by
@@ -79,6 +81,9 @@ class Settings:
     pool_max_size: int = POOL_MAX_SIZE
     enqueue_batch_size: int = ENQUEUE_BATCH_SIZE
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    retention_s: float = RETENTION_S
+    """Finished jobs older than this are deleted, in small batches, by any node."""
+    prune_interval_s: float = PRUNE_INTERVAL_S
     migrate_on_start: bool = True
     """``App.start()`` applies pending migrations (idempotent; several processes may race).
     Turn off where the app's database user may not change the schema, and run
@@ -169,8 +174,18 @@ class Settings:
             "shutdown_grace_s",
             "cancel_grace_s",
             "connect_timeout_s",
+            "prune_interval_s",
         ):
             check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace_s")
+        if (
+            isinstance(self.retention_s, bool)
+            or not isinstance(self.retention_s, int | float)
+            or math.isnan(self.retention_s)
+            or not 1 <= self.retention_s <= 100 * 365 * 86400
+        ):
+            raise ConfigurationError(
+                "retention_s", self.retention_s, "use seconds between 1 and a hundred years"
+            )
         if self.node_timeout_s < 2 * self.heartbeat_interval_s:
             raise ConfigurationError(
                 "node_timeout_s",
@@ -347,5 +362,7 @@ _FIELD_TYPES: dict[str, type] = {
     "shutdown_grace_s": float,
     "cancel_grace_s": float,
     "connect_timeout_s": float,
+    "retention_s": float,
+    "prune_interval_s": float,
     "migrate_on_start": bool,
 }

@@ -15,13 +15,36 @@ from asyncjobs.store import queries
 from asyncjobs.store.postgres import PostgresStore
 
 SNAPSHOT = Path(__file__).with_name("schema_snapshot.txt")
+ALL_LABELS = [m.label for m in queries.load_migrations("public", "asyncjobs_")]
+
+
+def test_migrations_are_numbered_from_one_without_gaps() -> None:
+    assert ALL_LABELS[:2] == ["0001_initial", "0002_reaper"]
+    assert [int(label[:4]) for label in ALL_LABELS] == list(range(1, len(ALL_LABELS) + 1))
+
+
+async def test_a_schema_at_an_older_migration_is_upgraded_to_the_same_schema(
+    pg_settings: Settings, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrading step by step ends where a fresh install does (the snapshot)."""
+    store = PostgresStore(pg_settings)
+    await store.open()
+    try:
+        real = queries._raw_migrations()
+        monkeypatch.setattr(queries, "_raw_migrations", lambda: real[:1])
+        assert await store.migrate() == ALL_LABELS[:1]
+        monkeypatch.setattr(queries, "_raw_migrations", lambda: real)
+        assert await store.migrate() == ALL_LABELS[1:]
+    finally:
+        await store.close()
+    assert await describe_schema(pg_dsn, pg_settings.schema) == SNAPSHOT.read_text()
 
 
 async def test_migrating_twice_applies_nothing_the_second_time(pg_settings: Settings) -> None:
     store = PostgresStore(pg_settings)
     await store.open()
     try:
-        assert await store.migrate() == ["0001_initial"]
+        assert await store.migrate() == ALL_LABELS
         assert await store.migrate() == []
     finally:
         await store.close()
@@ -36,7 +59,7 @@ async def test_racing_migrators_apply_each_migration_exactly_once(pg_settings: S
     finally:
         for store in stores:
             await store.close()
-    assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+    assert sorted(results, key=len) == [[], [], [], ALL_LABELS]
 
 
 async def test_an_applied_migration_that_was_edited_is_refused(

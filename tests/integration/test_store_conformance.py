@@ -6,6 +6,7 @@ Each test states a guarantee from store/base.py and tries to break it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -258,6 +259,26 @@ async def test_completion_of_a_stale_attempt_is_rejected_and_never_overwrites(st
     assert record is not None and record.result == "fresh" and record.attempt == 2
 
 
+async def test_of_two_outcomes_for_one_job_in_a_batch_the_first_valid_one_wins(
+    store: Store,
+) -> None:
+    a, b = job(max_attempts=3), job()
+    await store.enqueue([a, b])
+    info = await registered(store)
+    await store.claim(info.id, {"default": 2}, NOW)
+    outcomes = [
+        success(a.id, attempt=5),  # stale: rejected, so the next one is the first valid
+        Outcome(a.id, 1, "queued", None, b'{"type":"E"}', NOW, NOW, "retry"),
+        success(a.id, result=b'"late"'),  # the job is no longer running attempt 1
+        success(b.id),
+        success(b.id),
+    ]
+    assert sorted(await store.complete(info.id, outcomes)) == sorted([a.id, a.id, b.id])
+    ra, rb = await store.get(a.id), await store.get(b.id)
+    assert ra is not None and ra.state is JobState.QUEUED and ra.result is None
+    assert rb is not None and rb.state is JobState.SUCCEEDED
+
+
 async def test_one_batch_applies_the_good_outcomes_and_rejects_the_stale(store: Store) -> None:
     jobs = [job() for _ in range(5)]
     await store.enqueue(jobs)
@@ -345,6 +366,19 @@ async def test_a_retry_of_a_job_asked_to_cancel_ends_it_cancelled(
     assert (await store.promote_due(NOW + 10, 10)).moved == 0
 
 
+async def test_a_retry_of_a_job_without_attempts_left_ends_it_failed(store: Store) -> None:
+    once = job(max_attempts=1)
+    await store.enqueue([once])
+    info = await registered(store)
+    await store.claim(info.id, {"default": 1}, NOW)
+    retry = Outcome(once.id, 1, "queued", None, b'{"type":"E"}', NOW, NOW, "attempt 1")
+    assert await store.complete(info.id, [retry]) == []
+    record = await store.get(once.id)
+    assert record is not None and record.state is JobState.FAILED
+    assert record.error == {"type": "E"} and record.finished_at is not None
+    assert await store.claim(info.id, {"default": 1}, NOW) == []  # never runs twice
+
+
 async def test_cancel_leaves_a_finished_job_alone(store: Store) -> None:
     new = job()
     await store.enqueue([new])
@@ -417,3 +451,113 @@ async def _until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+# -- reaping and pruning (issue 3) --
+
+
+async def dead_node_with_jobs(store: Store) -> tuple[NodeInfo, dict[str, NewJob]]:
+    """A node running three jobs: one retryable, one on its last attempt, one to be cancelled."""
+    info = await registered(store)
+    jobs = {
+        "retryable": job("r", max_attempts=2),
+        "last": job("l", max_attempts=1),
+        "cancel": job("c", max_attempts=3),
+    }
+    await store.enqueue(list(jobs.values()))
+    assert len(await store.claim(info.id, {"default": 3}, NOW)) == 3
+    await store.cancel(jobs["cancel"].id, "operator", NOW)
+    await asyncio.sleep(0.01)  # the heartbeat is now strictly in the past
+    return info, jobs
+
+
+async def test_reaping_a_silent_node_requeues_loses_or_cancels_its_jobs(store: Store) -> None:
+    info, jobs = await dead_node_with_jobs(store)
+    reaper = await registered(store)
+    (reaped,) = await store.reap(reaper.id, 0.0, 10)
+    assert (reaped.node_id, reaped.requeued, reaped.lost, reaped.cancelled) == (info.id, 1, 1, 1)
+    retryable = await store.get(jobs["retryable"].id)
+    last = await store.get(jobs["last"].id)
+    cancelled = await store.get(jobs["cancel"].id)
+    assert retryable is not None and last is not None and cancelled is not None
+    assert retryable.state is JobState.QUEUED and retryable.attempt == 1
+    assert retryable.reason is not None and retryable.reason.startswith(f"node {info.id} stopped")
+    assert last.state is JobState.LOST and last.finished_at is not None
+    assert last.reason is not None
+    assert re.fullmatch(
+        rf"node {info.id} stopped heartbeating at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}Z",
+        last.reason,
+    )
+    assert cancelled.state is JobState.CANCELLED and cancelled.reason == "operator"
+    (again,) = await store.claim(reaper.id, {"default": 5}, NOW)  # the retry, attempt 2
+    assert again.id == jobs["retryable"].id and again.attempt == 2
+
+
+async def test_a_reaped_node_cannot_heartbeat_claim_or_complete(store: Store) -> None:
+    info, jobs = await dead_node_with_jobs(store)
+    reaper = await registered(store)
+    await store.reap(reaper.id, 0.0, 10)
+    assert (await store.heartbeat(info.id, 3)).alive is False
+    await store.enqueue([job("fresh")])
+    assert await store.claim(info.id, {"default": 5}, NOW) == []
+    late = success(jobs["retryable"].id, attempt=1)
+    assert await store.complete(info.id, [late]) == [jobs["retryable"].id]
+    record = await store.get(jobs["retryable"].id)
+    assert record is not None and record.state is JobState.QUEUED  # the reap stands
+
+
+async def test_a_live_node_is_never_reaped(store: Store) -> None:
+    info = await registered(store)
+    await store.enqueue([job()])
+    await store.claim(info.id, {"default": 1}, NOW)
+    assert (await store.heartbeat(info.id, 1)).alive
+    assert await store.reap(new_id(), 3600.0, 10) == []
+    assert (await store.heartbeat(info.id, 1)).alive
+
+
+async def test_racing_reapers_reap_each_node_exactly_once(store: Store) -> None:
+    dead = [await registered(store) for _ in range(6)]
+    for info in dead:
+        await store.enqueue([job(max_attempts=1)])
+        await store.claim(info.id, {"default": 1}, NOW)
+    await asyncio.sleep(0.01)
+    reapers = [await registered(store) for _ in range(4)]
+    results = await asyncio.gather(*(store.reap(r.id, 0.0, 10) for r in reapers))
+    reaped = [r.node_id for result in results for r in result if r.node_id in {d.id for d in dead}]
+    assert sorted(reaped) == sorted(d.id for d in dead)
+    assert sum(r.lost for result in results for r in result) == 6
+
+
+async def test_a_stopped_node_is_reaped_without_waiting_for_the_timeout(store: Store) -> None:
+    info = await registered(store)
+    await store.enqueue([job(max_attempts=2)])
+    await store.claim(info.id, {"default": 1}, NOW)
+    await store.deregister_node(info.id)  # e.g. its last outcomes could not be written
+    (reaped,) = await store.reap(new_id(), 3600.0, 10)
+    assert reaped.node_id == info.id and reaped.requeued == 1
+
+
+async def test_prune_deletes_only_jobs_finished_before_the_retention_period(
+    store: Store,
+) -> None:
+    info = await registered(store)
+    old_done = [job() for _ in range(5)]
+    recent_done, still_running, queued = job(), job(), job()
+    await store.enqueue([*old_done, recent_done, still_running])
+    await store.claim(info.id, {"default": 10}, NOW)
+    now = time.time()
+    await store.complete(
+        info.id,
+        [
+            *(Outcome(j.id, 1, "succeeded", None, None, now - 100, None, None) for j in old_done),
+            Outcome(recent_done.id, 1, "failed", None, b"{}", now, None, None),
+        ],
+    )
+    await store.enqueue([queued])
+    assert await store.prune(10.0, 3) == 3  # at most the limit per call
+    assert await store.prune(10.0, 3) == 2
+    assert await store.prune(10.0, 3) == 0
+    for kept in (recent_done, still_running, queued):
+        assert await store.get(kept.id) is not None
+    for gone in old_done:
+        assert await store.get(gone.id) is None

@@ -32,7 +32,7 @@ class Completer:
         on_rejected: Callable[[list[JobId]], None] | None = None,
     ) -> None:
         self._store = store
-        self._node_id = node_id
+        self.node_id = node_id  # changes when the node rejoins after being reaped
         self._on_rejected = on_rejected
         self._buffer: list[Outcome] = []
         self._has_work = anyio.Event()
@@ -63,7 +63,7 @@ class Completer:
         while self._buffer:
             batch = self._buffer[:MAX_FLUSH]
             try:
-                rejected = await self._store.complete(self._node_id, batch)
+                rejected = await self._store.complete(self.node_id, batch)
             except StoreUnavailableError as exc:
                 self.failures += 1
                 log.warning(

@@ -3,6 +3,11 @@
 Liveness is per node, not per job, so an hours-long job is never mistaken for a dead one. The
 same statement returns any cancel requests for jobs on this node, which covers a NOTIFY that
 was missed while the LISTEN connection was down.
+
+When a heartbeat fails, the next attempts come quickly (with backoff up to the interval), so
+that a node cut off from the database resumes soon after it is back. The node stops claiming
+when it has gone ``node_timeout_s`` without a heartbeat (see Node.may_claim), and if it learns
+it was reaped meanwhile, it rejoins as a new node.
 """
 
 from __future__ import annotations
@@ -19,24 +24,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("asyncjobs.node")
 
+RETRY_MIN_S = 0.1
+
 
 async def run_heartbeat(node: Node) -> None:
     interval = node.settings.heartbeat_interval_s
+    wait = interval
     while True:
-        await anyio.sleep(interval)
+        await anyio.sleep(wait)
         try:
             result = await node.store.heartbeat(node.id, len(node.running))
-        except StoreUnavailableError as exc:
-            log.warning("heartbeat of node %s failed: %s", node.id, exc.why)
+        except StoreError as exc:
+            if isinstance(exc, StoreUnavailableError):
+                log.warning("heartbeat of node %s failed: %s", node.id, exc.why)
+            else:
+                log.exception("heartbeat of node %s failed", node.id)
+            wait = min(interval, RETRY_MIN_S if wait >= interval else wait * 2)
             continue
-        except StoreError:
-            # Not worth stopping every running job for: log it loudly and try again.
-            log.exception("heartbeat of node %s failed", node.id)
-            continue
+        wait = interval
         if not result.alive:
-            log.error(
-                "node %s has no row in the nodes table any more: another node reaped it",
-                node.id,
-            )
+            await node.rejoin()
+            continue
+        node.heartbeat_succeeded()
         if result.cancel_requested:
             node.cancel_running(result.cancel_requested)

@@ -12,10 +12,12 @@ queues that may have work (told by NOTIFY, by a claim that came back full, or by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,8 @@ from .execution import (
 )
 from .heartbeat import run_heartbeat
 from .promoter import Promoter
+from .pruner import run_pruner
+from .reaper import run_reaper
 
 if TYPE_CHECKING:
     from ..app import App
@@ -88,6 +92,9 @@ class Node:
         self._shutdown_grace = settings.shutdown_grace_s
         self._drain_scope: anyio.CancelScope | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
+        self._last_heartbeat = time.monotonic()  # registration counts as the first heartbeat
+        self._fenced = False
+        self._heartbeat_ok = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -96,6 +103,7 @@ class Node:
     ) -> None:
         """Run until ``stop()``; then drain, flush and deregister."""
         await self.store.register_node(self.info)
+        self._last_heartbeat = time.monotonic()
         log.info(
             "node %s started: queues %s, concurrency %d, store %s",
             self.id,
@@ -108,6 +116,8 @@ class Node:
                 services.start_soon(self.completer.run)
                 services.start_soon(run_heartbeat, self)
                 services.start_soon(self.promoter.run)
+                services.start_soon(run_reaper, self)
+                services.start_soon(run_pruner, self)
                 async with anyio.create_task_group() as fetching:
                     fetching.start_soon(self._fetch_loop)
                     self._started.set()
@@ -176,6 +186,73 @@ class Node:
             for job in list(self.running.values()):
                 self._abandon(job)
 
+    # -- liveness: self-fencing and rejoining ----------------------------------------------------
+
+    def may_claim(self) -> bool:
+        """False once the node has gone ``node_timeout_s`` without a heartbeat: other nodes
+        may have reaped it, so it takes no new work until a heartbeat says it is alive."""
+        silent = time.monotonic() - self._last_heartbeat
+        if silent <= self.settings.node_timeout_s:
+            return True
+        if not self._fenced:
+            self._fenced = True
+            log.error(
+                "node %s has not heartbeated for %.0f s (node_timeout_s is %g): it may have "
+                "been reaped, so it stops claiming until a heartbeat succeeds; running jobs "
+                "go on and their outcomes stay buffered", self.id, silent,
+                self.settings.node_timeout_s,
+            )  # fmt: skip
+        return False
+
+    def heartbeat_succeeded(self) -> None:
+        self._last_heartbeat = time.monotonic()
+        if self._fenced:
+            self._fenced = False
+            log.warning("node %s heartbeats again: claiming resumes", self.id)
+        self._heartbeat_ok.set()
+
+    async def _wait_until_heartbeat_succeeds(self) -> None:
+        self._heartbeat_ok = anyio.Event()
+        await self._heartbeat_ok.wait()
+
+    async def rejoin(self) -> None:
+        """This node was reaped while cut off: its running jobs now belong to the reaper's
+        decision (re-queued, lost or cancelled), so they are stopped here, their outcomes
+        dropped (they would be fenced anyway), and the node registers again under a new id."""
+        orphans = list(self.running.values())
+        log.error(
+            "node %s was reaped by another node while it could not heartbeat; stopping its %d "
+            "running jobs here (they were re-queued or marked lost) and rejoining as a new node",
+            self.id, len(orphans),
+        )  # fmt: skip
+        for job in orphans:
+            self._orphan(job)
+        old_id = self.id
+        self.id = new_id()
+        self.info = dataclasses.replace(self.info, id=self.id)
+        self.completer.node_id = self.id
+        await self.store.register_node(self.info)
+        log.warning("node %s rejoined as node %s", old_id, self.id)
+        self.heartbeat_succeeded()
+
+    def _orphan(self, job: RunningJob) -> None:
+        """Forget a job this node no longer owns: free its slot, write no outcome."""
+        if job.finished:
+            return
+        job.finished = True
+        if job.handles:
+            for handle in job.handles:
+                handle.cancel()
+        if job.task is not None and not job.task.done():
+            job.task.cancel("node reaped")
+            self._abandoned.add(job.task)
+            job.task.add_done_callback(self._abandoned.discard)
+        del self.running[job.id]
+        self.free += 1
+        self.queue_free[job.queue] += 1
+        if not self.running:
+            self._idle.set()
+
     # -- the fetcher ---------------------------------------------------------------------------
 
     def _claim_limits(self) -> dict[str, int]:
@@ -203,6 +280,9 @@ class Node:
         retry_delay = 0.05
         poll = self.settings.poll_interval_s
         while True:
+            if not self.may_claim():
+                await self._wait_until_heartbeat_succeeds()
+                continue
             limits = self._claim_limits()
             if limits:
                 notified_before = dict(self._notified)

@@ -71,8 +71,18 @@ class PromoteResult(NamedTuple):
 
 
 class HeartbeatResult(NamedTuple):
-    alive: bool  # False when the node's row is gone (it was reaped)
+    alive: bool  # False once the node was reaped (or its row is gone)
     cancel_requested: list[JobId]
+
+
+class ReapedNode(NamedTuple):
+    """A node the reaper took over, and what became of its running jobs."""
+
+    node_id: JobId
+    heartbeat_at: float  # epoch seconds of its last heartbeat
+    requeued: int
+    lost: int
+    cancelled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +161,26 @@ class Store(Protocol):
 
     async def deregister_node(self, node_id: JobId) -> None: ...
 
+    async def reap(self, reaper_id: JobId, node_timeout_s: float, limit: int) -> list[ReapedNode]:
+        """Reap at most ``limit`` nodes silent for more than ``node_timeout_s`` (by the store's
+        clock), or stopped. Each node is reaped once, by one reaper. Its running jobs become
+        ``cancelled`` (cancel requested), ``queued`` (attempts left; the attempt counts) or
+        ``lost`` (with the reason ``node <id> stopped heartbeating at <time>``)."""
+
+    async def prune(self, retention_s: float, limit: int) -> int:
+        """Delete at most ``limit`` jobs that finished more than ``retention_s`` ago; returns
+        how many. Short, and never blocks on a job another pruner holds."""
+
+    async def prune_rest(self, retention_s: float, waiter_ttl_s: float) -> None:
+        """Delete nodes reaped or stopped more than ``retention_s`` ago, and registrations of
+        interest (``watch``) older than ``waiter_ttl_s``."""
+
     async def claim(
         self, node_id: JobId, limits: Mapping[str, int], now: float
     ) -> list[ClaimedJob]:
         """Claim at most ``limits[queue]`` ready jobs per queue, highest priority first, then
-        oldest. A job is claimed by exactly one node; its attempt number goes up by one."""
+        oldest. A job is claimed by exactly one node; its attempt number goes up by one. A
+        reaped node claims nothing."""
 
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         """Apply outcomes atomically. An outcome whose job is no longer running that attempt on

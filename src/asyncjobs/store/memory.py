@@ -30,6 +30,7 @@ from .base import (
     NodeInfo,
     Outcome,
     PromoteResult,
+    ReapedNode,
     StoreEvent,
 )
 
@@ -64,6 +65,8 @@ class _Node:
     heartbeat_at: float
     running: int = 0
     stopped_at: float | None = None
+    reaped_at: float | None = None
+    reaped_by: JobId | None = None
 
 
 @dataclass
@@ -198,7 +201,7 @@ class MemoryStore:
     async def heartbeat(self, node_id: JobId, running: int) -> HeartbeatResult:
         await anyio.lowlevel.checkpoint()
         node = self.nodes.get(node_id)
-        if node is None:
+        if node is None or node.reaped_at is not None:
             return HeartbeatResult(False, [])
         node.heartbeat_at = time.time()
         node.running = running
@@ -216,11 +219,80 @@ class MemoryStore:
             node.stopped_at = time.time()
             node.running = 0
 
+    async def reap(self, reaper_id: JobId, node_timeout_s: float, limit: int) -> list[ReapedNode]:
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        dead = sorted(
+            (
+                n
+                for n in self.nodes.values()
+                if n.reaped_at is None
+                and n.info.id != reaper_id  # a node running this is alive: never itself
+                and (n.heartbeat_at < now - node_timeout_s or n.stopped_at is not None)
+            ),
+            key=lambda n: n.heartbeat_at,
+        )[:limit]
+        out: list[ReapedNode] = []
+        woken: set[str] = set()
+        for node in dead:
+            node.reaped_at, node.reaped_by, node.running = now, reaper_id, 0
+            stamp = datetime.fromtimestamp(node.heartbeat_at, UTC)
+            reason = (
+                f"node {node.info.id} stopped heartbeating at "
+                f"{stamp.strftime('%Y-%m-%dT%H:%M:%S.')}{stamp.microsecond // 1000:03d}Z"
+            )
+            counts = {"queued": 0, "lost": 0, "cancelled": 0}
+            for job in self.jobs.values():
+                if job.node_id != node.info.id or job.state != "running":
+                    continue
+                if job.cancel_requested:
+                    job.finished_at = now
+                    self._end(job, "cancelled")
+                elif job.attempt < job.max_attempts:
+                    job.reason, job.run_at, job.finished_at = reason, now, None
+                    self._make_ready(job)
+                    woken.add(job.queue)
+                else:
+                    job.reason, job.finished_at = reason, now
+                    self._end(job, "lost")
+                counts[job.state] += 1
+            requeued, lost, cancelled = counts["queued"], counts["lost"], counts["cancelled"]
+            out.append(ReapedNode(node.info.id, node.heartbeat_at, requeued, lost, cancelled))
+        for queue in sorted(woken):
+            self._emit("queue", queue)
+        return out
+
+    async def prune(self, retention_s: float, limit: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        cutoff = time.time() - retention_s
+        old = [
+            job.id
+            for job in self.jobs.values()
+            if job.state in TERMINAL_STATES
+            and job.finished_at is not None
+            and job.finished_at < cutoff
+        ][:limit]
+        for job_id in old:
+            del self.jobs[job_id]
+            self._waiters.discard(job_id)
+        return len(old)
+
+    async def prune_rest(self, retention_s: float, waiter_ttl_s: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        cutoff = time.time() - retention_s
+        for node_id, node in list(self.nodes.items()):
+            ended = node.reaped_at if node.reaped_at is not None else node.stopped_at
+            if ended is not None and ended < cutoff:
+                del self.nodes[node_id]
+
     async def claim(
         self, node_id: JobId, limits: Mapping[str, int], now: float
     ) -> list[ClaimedJob]:
         await anyio.lowlevel.checkpoint()
         out: list[ClaimedJob] = []
+        node = self.nodes.get(node_id)
+        if node is not None and node.reaped_at is not None:
+            return out  # a reaped node claims nothing
         for queue, limit in limits.items():
             heap = self._ready.get(queue)
             taken = 0
@@ -256,8 +328,11 @@ class MemoryStore:
                 rejected.append(o.id)
                 continue
             state = o.state
-            if job.cancel_requested and state in ("queued", "scheduled"):
-                state = "cancelled"  # someone asked to cancel it: never run it again
+            if state in ("queued", "scheduled"):
+                if job.cancel_requested:
+                    state = "cancelled"  # someone asked to cancel it: never run it again
+                elif job.attempt >= job.max_attempts:
+                    state = "failed"  # no attempts left: a retry would run it once too often
             job.result = o.result
             job.error = o.error
             if state != "cancelled" or (o.state == "cancelled" and o.reason is not None):

@@ -8,6 +8,7 @@ schema becomes ``SchemaNotReadyError``, anything else ``StoreError``, always ``f
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,6 +20,7 @@ import asyncpg
 import orjson
 
 from ..errors import StoreError
+from ..ids import id_floor
 from ..jobs import JobId, JobRecord, JobState
 from ..settings import Settings, mask_dsn
 from .base import (
@@ -29,6 +31,7 @@ from .base import (
     NodeInfo,
     Outcome,
     PromoteResult,
+    ReapedNode,
     StoreEvent,
     record_from_row,
 )
@@ -48,6 +51,7 @@ log = logging.getLogger("asyncjobs.store")
 _JOB_COLUMNS = ("id", "name", "queue", "priority", "state", "args", "run_at", "max_attempts")
 _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
+PRUNE_CLOCK_SLACK_S = 3600.0  # see prune()
 
 
 class PostgresStore:
@@ -267,6 +271,23 @@ class PostgresStore:
     async def deregister_node(self, node_id: JobId) -> None:
         async with self._errors():
             await self.pool.execute(self.q["deregister_node"], node_id)
+
+    async def reap(self, reaper_id: JobId, node_timeout_s: float, limit: int) -> list[ReapedNode]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["reap"], node_timeout_s, reaper_id, limit)
+        return [ReapedNode(*r) for r in rows]
+
+    async def prune(self, retention_s: float, limit: int) -> int:
+        # The id bound may only be too high, never too low: an hour of slack covers a client
+        # clock ahead of the database's when the jobs were enqueued.
+        bound = id_floor(time.time() - retention_s + PRUNE_CLOCK_SLACK_S)
+        async with self._errors():
+            deleted = await self.pool.fetchval(self.q["prune_jobs"], retention_s, bound, limit)
+        return int(deleted)
+
+    async def prune_rest(self, retention_s: float, waiter_ttl_s: float) -> None:
+        async with self._errors():
+            await self.pool.execute(self.q["prune_rest"], retention_s, waiter_ttl_s)
 
     async def claim(
         self, node_id: JobId, limits: Mapping[str, int], now: float

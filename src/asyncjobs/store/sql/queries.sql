@@ -91,7 +91,7 @@ LEFT JOIN {t}jobs AS other
 -- Claims at most $3[i] ready jobs from queue $2[i], highest priority first, then oldest, and
 -- never one another node holds (SKIP LOCKED). Rows are then updated by primary key, so the plan
 -- does not depend on table statistics. Each claim bumps the attempt: (attempt, node) is the
--- fencing token every later write of this attempt must match.
+-- fencing token every later write of this attempt must match. A reaped node claims nothing.
 UPDATE {t}jobs AS j
 SET state = 'running', attempt = j.attempt + 1, node_id = $1, started_at = to_timestamp($4),
     cancel_requested = false
@@ -105,6 +105,8 @@ WHERE j.id = ANY(ARRAY(
         LIMIT q.lim
         FOR UPDATE SKIP LOCKED
     ) AS c
+    -- A reaped node claims nothing: jobs it took now would have no reaper left to free them.
+    WHERE EXISTS (SELECT 1 FROM {t}nodes WHERE id = $1 AND reaped_at IS NULL)
 ))
 RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts, j.args;
 
@@ -187,14 +189,103 @@ VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: heartbeat
 -- Refreshes node $1's heartbeat with the database clock (one statement, however many jobs run)
--- and returns whether the row still exists, and the running jobs on it that were asked to
--- cancel (catching any cancel whose NOTIFY was missed).
+-- and returns whether the node is still alive (not reaped), and the running jobs on it that
+-- were asked to cancel (catching any cancel whose NOTIFY was missed).
 WITH hb AS (
-    UPDATE {t}nodes SET heartbeat_at = now(), running = $2 WHERE id = $1 RETURNING id
+    UPDATE {t}nodes SET heartbeat_at = now(), running = $2
+    WHERE id = $1 AND reaped_at IS NULL
+    RETURNING id
 )
 SELECT EXISTS (SELECT 1 FROM hb) AS alive,
        ARRAY(SELECT id FROM {t}jobs
              WHERE node_id = $1 AND state = 'running' AND cancel_requested) AS cancel_ids;
+
+-- name: reap
+-- Reaps at most $3 nodes whose heartbeat (database clock) is older than $1 seconds, or that
+-- stopped, on behalf of node $2. Never a node another reaper holds (SKIP LOCKED on its row),
+-- never one twice (reaped_at). Each running job of a reaped node becomes: cancelled if someone
+-- asked to cancel it; queued if it has attempts left (the dead attempt counts); otherwise
+-- lost, with the reason "node <id> stopped heartbeating at <time>". A job's own node racing
+-- the reaper with an outcome loses or wins whole: both lock the job's row and re-check that it
+-- is still running. Returns one row per reaped node with what happened to its jobs.
+WITH dead AS (
+    SELECT id, heartbeat_at FROM {t}nodes
+    WHERE reaped_at IS NULL AND id <> $2  -- a node running this is alive: never itself
+      AND (heartbeat_at < now() - make_interval(secs => $1) OR stopped_at IS NOT NULL)
+    ORDER BY heartbeat_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE {t}nodes AS n SET reaped_at = now(), reaped_by = $2, running = 0
+    FROM dead WHERE n.id = dead.id
+    RETURNING n.id, dead.heartbeat_at
+), moved AS (
+    UPDATE {t}jobs AS j
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                     WHEN j.attempt < j.max_attempts THEN 'queued'
+                     ELSE 'lost' END::{t}job_state,
+        reason = CASE WHEN j.cancel_requested THEN j.reason
+                      ELSE 'node ' || m.id || ' stopped heartbeating at '
+                           || to_char(m.heartbeat_at AT TIME ZONE 'UTC',
+                                      'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') END,
+        finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts
+                           THEN now() END,
+        run_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts
+                      THEN j.run_at ELSE now() END
+    FROM marked AS m
+    WHERE j.node_id = m.id AND j.state = 'running'
+    RETURNING j.id, j.node_id, j.queue, j.state
+), waited AS (
+    DELETE FROM {t}waiters AS w USING moved
+    WHERE w.job_id = moved.id AND moved.state <> 'queued'
+    RETURNING w.job_id
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue)
+    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'queued') AS q
+    UNION ALL
+    SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
+)
+SELECT m.id AS node_id,
+       extract(epoch FROM m.heartbeat_at)::float8 AS heartbeat_at,
+       count(mv.id) FILTER (WHERE mv.state = 'queued') AS requeued,
+       count(mv.id) FILTER (WHERE mv.state = 'lost') AS lost,
+       count(mv.id) FILTER (WHERE mv.state = 'cancelled') AS cancelled
+FROM marked AS m
+LEFT JOIN moved AS mv ON mv.node_id = m.id
+WHERE (SELECT count(*) FROM wake) >= 0
+GROUP BY m.id, m.heartbeat_at;
+
+-- name: prune_jobs
+-- Deletes at most $3 jobs that finished more than $1 seconds ago (database clock), never one
+-- another pruner holds, in one short statement. $2 bounds the primary-key scan: ids are UUIDv7
+-- and carry their creation time, and a job cannot finish before it was created, so no index
+-- on finished_at is needed (it would cost every completion). Returns how many it deleted.
+WITH gone AS (
+    DELETE FROM {t}jobs
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM {t}jobs
+        WHERE id < $2
+          AND state IN ('succeeded', 'failed', 'cancelled', 'lost')
+          AND finished_at < now() - make_interval(secs => $1)
+        ORDER BY id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id
+)
+SELECT count(*) FROM gone;
+
+-- name: prune_rest
+-- Deletes node rows reaped or stopped more than $1 seconds ago, and registrations of interest
+-- older than $2 seconds (a caller still waiting registers again at its next re-check).
+WITH nodes AS (
+    DELETE FROM {t}nodes
+    WHERE coalesce(reaped_at, stopped_at) < now() - make_interval(secs => $1)
+    RETURNING id
+), waiters AS (
+    DELETE FROM {t}waiters WHERE since < now() - make_interval(secs => $2) RETURNING job_id
+)
+SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS waiters;
 
 -- name: deregister_node
 -- Marks node $1 as cleanly stopped.

@@ -1,0 +1,45 @@
+"""The reaper: any live node takes over the jobs of nodes that stopped heartbeating.
+
+Liveness is per node, not per job: an hours-long job on a node that keeps heartbeating is
+never touched. Every node runs a reaper; they race harmlessly, because a node row is reaped by
+whichever reaper locks it first (SKIP LOCKED) and only once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..errors import StoreError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("asyncjobs.node")
+
+REAP_BATCH = 100  # most nodes reaped in one statement
+
+
+async def run_reaper(node: Node) -> None:
+    interval = node.settings.heartbeat_interval_s
+    while True:
+        # Spread over the interval, so that the nodes of a cluster do not all look at once.
+        await anyio.sleep(interval * random.uniform(0.75, 1.25))
+        try:
+            reaped = await node.store.reap(node.id, node.settings.node_timeout_s, REAP_BATCH)
+        except StoreUnavailableError as exc:
+            log.warning("reaper of node %s cannot reach the database: %s", node.id, exc.why)
+            continue
+        except StoreError:
+            log.exception("reaper of node %s failed", node.id)
+            continue
+        for dead in reaped:
+            last = datetime.fromtimestamp(dead.heartbeat_at, UTC).isoformat(timespec="seconds")
+            log.warning(
+                "reaped node %s (last heartbeat %s): %d jobs re-queued, %d lost, %d cancelled",
+                dead.node_id, last, dead.requeued, dead.lost, dead.cancelled,
+            )  # fmt: skip

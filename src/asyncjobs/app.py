@@ -14,18 +14,20 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 
 from .clock import Clock, SystemClock
-from .enqueue import EnqueueBatcher
+from .enqueue import EnqueueBatcher, with_retries
 from .errors import (
     ClosedError,
     ConfigurationError,
     JobNotFoundError,
     NotStartedError,
     ResultTimeoutError,
+    StoreUnavailableError,
     UnknownJobError,
 )
 from .ids import new_id, new_ids
@@ -331,14 +333,18 @@ class App:
         limit = self._settings.max_payload_bytes
         if len(items) >= BULK_THRESHOLD and all(s.unique_key is None for s in items):
             # COPY, preparing each job while the previous ones stream (see Store.enqueue_bulk).
-            await store.enqueue_bulk(prepare_bulk(items, ids, now, limit, self._definition))
-            return ids
-        return await store.enqueue(
-            [
-                prepare(sig, self._definition(sig.name), job_id, now, limit)
-                for sig, job_id in zip(items, ids, strict=True)
-            ]
-        )
+            try:
+                await store.enqueue_bulk(prepare_bulk(items, ids, now, limit, self._definition))
+                return ids
+            except StoreUnavailableError as exc:
+                # The COPY may have committed before its answer was lost. Write the same jobs
+                # (same ids) the other way, which skips those that exist.
+                log.warning("enqueue_many's COPY failed (%s); writing again by INSERT", exc.why)
+        jobs = [
+            prepare(sig, self._definition(sig.name), job_id, now, limit)
+            for sig, job_id in zip(items, ids, strict=True)
+        ]
+        return await with_retries(partial(store.enqueue, jobs))
 
     def _definition(self, job: str | JobDef[Any, Any]) -> JobDef[Any, Any]:
         if isinstance(job, JobDef):

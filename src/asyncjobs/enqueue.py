@@ -10,11 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
 
+import anyio
+
+from .errors import StoreUnavailableError
 from .jobs import JobId
 from .store.base import NewJob, Store
 
 log = logging.getLogger("asyncjobs.enqueue")
+
+T = TypeVar("T")
+RETRY_DELAYS_S = (0.1, 0.5, 1.5)  # waits before the 2nd, 3rd and 4th try of a failed write
+
+
+async def with_retries(write: Callable[[], Awaitable[T]]) -> T:
+    """Run ``write``, again after a lost connection, a few times with backoff.
+
+    Safe because the ids are made by the client: a write that did commit before its answer was
+    lost is found, not doubled (the stores skip jobs whose id exists). After the last try, the
+    ``StoreUnavailableError`` reaches the caller; the jobs may or may not be stored then.
+    """
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return await write()
+        except StoreUnavailableError as exc:
+            if delay is None:
+                raise
+            log.warning("enqueue failed (%s); trying again in %.1f s", exc.why, delay)
+            await anyio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class EnqueueBatcher:
@@ -30,11 +57,12 @@ class EnqueueBatcher:
 
     async def submit(self, job: NewJob) -> JobId:
         """Write one job and return its id (or the id of the unfinished job sharing its
-        unique key). If the caller is cancelled while waiting, the job may still be written."""
+        unique key). A lost connection is retried (``with_retries``). If the caller is
+        cancelled while waiting, the job may still be written."""
         if not self._busy:
             self._busy = True
             try:
-                ids = await self._store.enqueue([job])
+                ids = await with_retries(partial(self._store.enqueue, [job]))
             finally:
                 self._busy = False
                 self._start_flush_if_needed()
@@ -55,7 +83,8 @@ class EnqueueBatcher:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 try:
-                    ids = await self._store.enqueue([job for job, _ in batch])
+                    jobs = [job for job, _ in batch]
+                    ids = await with_retries(partial(self._store.enqueue, jobs))
                 except BaseException as exc:
                     for _, future in batch:
                         if not future.done():

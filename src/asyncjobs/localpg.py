@@ -145,6 +145,20 @@ class LocalCluster:
             )
         return self.dsn
 
+    def restart(self, mode: str = "fast") -> None:
+        """Restart the server (same port and options): every connection is dropped. ``mode`` is
+        pg_ctl's shutdown mode: ``fast``, or ``immediate`` for a crash-like stop."""
+        pg_ctl = find_binary("pg_ctl")
+        if not pg_ctl:
+            raise LocalPostgresError("cannot restart the private Postgres: pg_ctl is missing")
+        # -l as for start: without it the new server inherits pg_ctl's output pipes, and
+        # reading them would wait as long as the server lives.
+        self._run(
+            [pg_ctl, "-D", str(self.data_dir), "-l", str(self.path / "postgres.log"), "-m", mode,
+             "-w", "-t", str(START_TIMEOUT_S), "restart"],
+            _unprivileged_user(),
+        )  # fmt: skip
+
     def stop(self) -> None:
         pg_ctl = find_binary("pg_ctl")
         if pg_ctl and (self.data_dir / "postmaster.pid").exists():

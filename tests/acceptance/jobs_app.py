@@ -12,6 +12,7 @@ producer app with the same jobs (``build_app(settings)``), so it can enqueue the
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 
 import asyncpg
@@ -90,7 +91,48 @@ def build_app(settings: Settings | None = None) -> App:
         """Records that this attempt ran, and nothing else."""
         await record_event(ctx, "run")
 
+    @app.job(retry=Retry(attempts=3, backoff=0.1))
+    async def hold_first_attempt(ctx: JobContext, seconds: float) -> int:
+        """Retryable; its first attempt holds for ``seconds`` (a node gets killed meanwhile),
+        later attempts end at once. Records every start and end."""
+        await record_event(ctx, "start")
+        if ctx.attempt == 1:
+            await asyncio.sleep(seconds)
+        await record_event(ctx, "end")
+        return ctx.attempt
+
+    @app.job()
+    async def note(ctx: JobContext, seconds: float = 0.0) -> None:
+        """Appends "<job id> <attempt>" to this process's file in ASYNCJOBS_TEST_RUNS_DIR: a
+        cheap record of every execution, for tests that run tens of thousands of jobs."""
+        if seconds:
+            await asyncio.sleep(seconds)
+        note_run(ctx)
+
     return app
+
+
+@functools.cache
+def _runs_file() -> int:
+    path = os.path.join(os.environ["ASYNCJOBS_TEST_RUNS_DIR"], f"{os.getpid()}.runs")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def note_run(ctx: JobContext) -> None:
+    # One write per line, O_APPEND: whole lines even if the process is killed mid-way.
+    os.write(_runs_file(), f"{ctx.job_id} {ctx.attempt}\n".encode())
+
+
+def read_runs(directory: str) -> dict[str, list[tuple[str, int]]]:
+    """Every process's noted runs: {pid: [(job id, attempt), ...]}."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for name in os.listdir(directory):
+        if name.endswith(".runs"):
+            with open(os.path.join(directory, name)) as f:
+                out[name.removesuffix(".runs")] = [
+                    (job_id, int(attempt)) for job_id, attempt in (line.split() for line in f)
+                ]
+    return out
 
 
 app = build_app()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,11 @@ import pytest
 from ..helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: `tests` and plugins import
-CLI = (sys.executable, "-m", "asyncjobs.cli")
+# Nodes die with the test process, however it dies (a timeout, Ctrl-C twice): teardown kills
+# them when a test ends, and setpriv's parent-death signal covers the test run being killed,
+# which would otherwise leave nodes claiming jobs forever. (Not preexec_fn: unsafe with threads.)
+_DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL") if shutil.which("setpriv") else ()
+CLI = (*_DIE_WITH_PARENT, sys.executable, "-m", "asyncjobs.cli")
 TEST_APP = "tests.acceptance.jobs_app:app"
 EXAMPLE_APP = "plugins_example:app"
 NODE_START_TIMEOUT_S = 20.0

@@ -17,9 +17,14 @@ from asyncjobs import (
     JobFailedError,
     JobNotFoundError,
     JobState,
+    MemoryStore,
     ResultTimeoutError,
     Retry,
+    Settings,
+    StoreUnavailableError,
 )
+from asyncjobs import enqueue as enqueue_module
+from asyncjobs.store.postgres import PostgresStore
 from tests.helpers import wait_until
 
 
@@ -390,6 +395,91 @@ async def test_delayed_job_does_not_start_early(node_app: Callable[..., App]) ->
         assert await app.result(job_id, timeout=10) == 3
         started = (await app.get(job_id)).started_at
         assert started is not None and started.timestamp() >= before + 0.6
+
+
+# -- connection faults (issue 3) --------------------------------------------------------------
+
+
+class LostClaimAnswer:
+    """Store mixin: the first claim commits, then its answer is lost with the connection."""
+
+    lost = False
+
+    async def claim(self, node_id: Any, limits: Any, now: float) -> Any:
+        claimed = await super().claim(node_id, limits, now)  # type: ignore[misc]
+        if claimed and not self.lost:
+            self.lost = True
+            raise StoreUnavailableError("test", "the connection broke after the commit")
+        return claimed
+
+
+async def test_jobs_claimed_by_a_statement_whose_answer_was_lost_run_once(
+    any_settings: Settings, probe: Probe
+) -> None:
+    if any_settings.dsn == "memory://":
+        store: Any = type("LostMemory", (LostClaimAnswer, MemoryStore), {})()
+    else:
+        store = type("LostPostgres", (LostClaimAnswer, PostgresStore), {})(any_settings)
+    app = App(settings=any_settings, store=store)
+    register(app, probe)
+    async with app:
+        ids = [await app.enqueue("track", i, 0.0) for i in range(5)]
+        for job_id in ids:
+            assert await app.result(job_id, timeout=10) in range(5)
+        assert store.lost
+        assert sorted(probe.started) == list(range(5))  # each ran once
+        assert {(await app.get(i)).attempt for i in ids} == {1}
+
+
+class FlakyWrites:
+    """Store mixin: the next ``failures`` writes of jobs lose their connection, some after
+    committing."""
+
+    failures = 0
+    committed_then_lost = 0
+
+    async def enqueue(self, jobs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            if self.failures % 2:  # every other one did commit before the answer was lost
+                await super().enqueue(jobs)  # type: ignore[misc]
+                self.committed_then_lost += 1
+            raise StoreUnavailableError("test", "the connection broke")
+        return await super().enqueue(jobs)  # type: ignore[misc]
+
+    async def enqueue_bulk(self, jobs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            await super().enqueue_bulk(jobs)  # type: ignore[misc]
+            self.committed_then_lost += 1
+            raise StoreUnavailableError("test", "the connection broke after the COPY")
+        return await super().enqueue_bulk(jobs)  # type: ignore[misc]
+
+
+async def test_enqueue_retries_a_lost_connection_without_doubling_jobs(
+    any_settings: Settings, probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(enqueue_module, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    if any_settings.dsn == "memory://":
+        store: Any = type("FlakyMemory", (FlakyWrites, MemoryStore), {})()
+    else:
+        store = type("FlakyPostgres", (FlakyWrites, PostgresStore), {})(any_settings)
+    app = App(settings=any_settings, store=store)
+    register(app, probe)
+    async with app:
+        store.failures = 3
+        single = await app.enqueue("track", "single", 0.0)
+        store.failures = 1
+        bulk = await app.enqueue_many([app.signature("track", i, 0.0) for i in range(300)])
+        assert store.committed_then_lost == 2
+        assert await app.result(single, timeout=10) == "single"
+        for job_id in bulk:
+            await app.result(job_id, timeout=20)
+        assert sorted(t for t in probe.started if t != "single") == list(range(300))
+        assert probe.started.count("single") == 1
+        store.failures = 4  # more than the retries: the caller is told
+        with pytest.raises(StoreUnavailableError):
+            await app.enqueue("track", "given up", 0.0)
 
 
 # -- shutdown and several nodes -------------------------------------------------------------------

@@ -561,3 +561,22 @@ async def test_prune_deletes_only_jobs_finished_before_the_retention_period(
         assert await store.get(kept.id) is not None
     for gone in old_done:
         assert await store.get(gone.id) is None
+
+
+async def test_release_claims_gives_back_only_the_jobs_the_node_does_not_know(
+    store: Store,
+) -> None:
+    jobs = [job(max_attempts=1) for _ in range(3)]
+    await store.enqueue(jobs)
+    info = await registered(store)
+    await store.claim(info.id, {"default": 3}, NOW)
+    assert await store.release_claims(info.id, [jobs[0].id]) == 2
+    kept = await store.get(jobs[0].id)
+    assert kept is not None and kept.state is JobState.RUNNING
+    for released in jobs[1:]:
+        record = await store.get(released.id)
+        assert record is not None and record.state is JobState.QUEUED
+        assert record.attempt == 0 and record.node_id is None  # as if never claimed
+    again = await store.claim(info.id, {"default": 3}, NOW)
+    assert sorted(c.id for c in again) == sorted(j.id for j in jobs[1:])
+    assert {c.attempt for c in again} == {1}  # an at-most-once job still gets its one run

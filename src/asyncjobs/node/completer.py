@@ -51,6 +51,10 @@ class Completer:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    def pending_ids(self) -> list[JobId]:
+        """Jobs whose outcome is not written yet (the batch in flight included)."""
+        return [outcome.id for outcome in self._buffer]
+
     async def run(self) -> None:
         """Flush whenever there is work, until cancelled."""
         while True:

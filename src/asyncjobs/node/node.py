@@ -93,6 +93,7 @@ class Node:
         self._drain_scope: anyio.CancelScope | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
         self._last_heartbeat = time.monotonic()  # registration counts as the first heartbeat
+        self._claims_uncertain = False
         self._fenced = False
         self._heartbeat_ok = anyio.Event()
 
@@ -287,9 +288,14 @@ class Node:
             if limits:
                 notified_before = dict(self._notified)
                 try:
+                    if self._claims_uncertain:
+                        await self._release_unknown_claims()
                     claimed = await self.store.claim(self.id, limits, self.clock.time())
                 except StoreError as exc:
                     if isinstance(exc, StoreUnavailableError):
+                        # The claim may have committed with its answer lost: find out before
+                        # claiming again (see _release_unknown_claims).
+                        self._claims_uncertain = True
                         log.warning(
                             "cannot claim jobs (%s); retrying in %.2f s", exc.why, retry_delay
                         )
@@ -306,6 +312,17 @@ class Node:
                 await self._wake.wait()
             if timer.cancelled_caught:
                 self._maybe_ready.update(self.queue_limit)  # the poll fallback: look everywhere
+
+    async def _release_unknown_claims(self) -> None:
+        """Give back jobs the database says this node runs but the node never received."""
+        known = [*self.running, *self.completer.pending_ids()]
+        released = await self.store.release_claims(self.id, known)
+        self._claims_uncertain = False
+        if released:
+            log.warning(
+                "node %s gave back %d jobs claimed by a statement whose answer was lost with "
+                "its connection; they never started and are queued again", self.id, released,
+            )  # fmt: skip
 
     def _dispatch(
         self, claimed: list[ClaimedJob], limits: dict[str, int], notified_before: dict[str, int]

@@ -182,6 +182,10 @@ class Store(Protocol):
         oldest. A job is claimed by exactly one node; its attempt number goes up by one. A
         reaped node claims nothing."""
 
+    async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
+        """Put back to ``queued`` (attempt undone) the jobs running on ``node_id`` that are not
+        in ``keep``: claims whose answer was lost. Returns how many."""
+
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         """Apply outcomes atomically. An outcome whose job is no longer running that attempt on
         this node is rejected (fencing); the ids of rejected outcomes are returned."""

@@ -312,6 +312,22 @@ class MemoryStore:
                 taken += 1
         return out
 
+    async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
+        await anyio.lowlevel.checkpoint()
+        kept = set(keep)
+        released = [
+            j
+            for j in self.jobs.values()
+            if j.node_id == node_id and j.state == "running" and j.id not in kept
+        ]
+        for job in released:
+            job.attempt -= 1
+            job.node_id = job.started_at = None
+            self._make_ready(job)
+        for queue in sorted({j.queue for j in released}):
+            self._emit("queue", queue)
+        return len(released)
+
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         await anyio.lowlevel.checkpoint()
         rejected: list[JobId] = []

@@ -298,6 +298,12 @@ class PostgresStore:
             )
         return [ClaimedJob(*r) for r in rows]
 
+    async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
+        async with self._errors():
+            row = await self.pool.fetchrow(self.q["release_claims"], node_id, list(keep))
+        assert row is not None
+        return int(row["released"])
+
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         if not outcomes:
             return []

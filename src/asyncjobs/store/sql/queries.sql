@@ -110,6 +110,20 @@ WHERE j.id = ANY(ARRAY(
 ))
 RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts, j.args;
 
+-- name: release_claims
+-- Gives back the jobs node $1 holds as running without knowing it ($2: the ones it runs or has
+-- outcomes for): a claim that committed while its answer was lost with the connection. They
+-- never started, so they go back to queued with the attempt undone, and nodes are woken.
+WITH released AS (
+    UPDATE {t}jobs
+    SET state = 'queued', attempt = attempt - 1, node_id = NULL, started_at = NULL
+    WHERE node_id = $1 AND state = 'running' AND NOT (id = ANY($2::uuid[]))
+    RETURNING queue
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM released) AS q
+)
+SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM wake) AS woken;
+
 -- name: complete
 -- Applies outcomes reported by node $1, each only if its job still runs that attempt on this
 -- node (fencing); returns the ids of stale outcomes, which are never written. See

@@ -101,6 +101,15 @@ def build_app(settings: Settings | None = None) -> App:
         await record_event(ctx, "end")
         return ctx.attempt
 
+    @app.job(retry=Retry(attempts=3, backoff=0.1))
+    async def whoami(ctx: JobContext, first_attempt_seconds: float) -> dict[str, int]:
+        """Retryable; returns which attempt ran it, in which process. The first attempt takes
+        ``first_attempt_seconds`` (a node gets cut off meanwhile), later ones end at once."""
+        await record_event(ctx, "start")
+        if ctx.attempt == 1:
+            await asyncio.sleep(first_attempt_seconds)
+        return {"attempt": ctx.attempt, "pid": os.getpid()}
+
     @app.job()
     async def note(ctx: JobContext, seconds: float = 0.0) -> None:
         """Appends "<job id> <attempt>" to this process's file in ASYNCJOBS_TEST_RUNS_DIR: a

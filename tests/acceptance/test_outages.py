@@ -145,6 +145,30 @@ async def test_a_node_cut_off_past_its_timeout_is_reaped_fences_itself_and_rejoi
     assert left_running == 0
 
 
+async def test_a_stale_attempt_is_rejected_and_the_newer_result_stands(
+    nodes: NodeRunner, producer: App, proxy: CuttableProxy, pg_dsn: str, pg_schema: str,
+) -> None:  # fmt: skip
+    stale = await nodes.start(
+        env=subprocess_env(through(proxy, pg_dsn), pg_schema, **FAST_LIVENESS)
+    )
+    job_id = await producer.enqueue("whoami", 1.5)
+    await wait_until(
+        lambda: fetchval(
+            pg_dsn, f"SELECT count(*) = 1 FROM {pg_schema}.acceptance_runs WHERE event = 'start'"
+        ),
+        timeout=20,
+        what="the first attempt to start",
+    )
+    await proxy.cut()  # attempt 1 finishes during the cut: its outcome waits in the buffer
+    fresh = await nodes.start(env=subprocess_env(pg_dsn, pg_schema, **FAST_LIVENESS))
+    assert await producer.result(job_id, timeout=30) == {"attempt": 2, "pid": fresh.pid}
+
+    await proxy.restore()  # the stale node flushes attempt 1's outcome, and it is refused
+    await stale.wait_output("rejected 1 stale outcomes", timeout=30)
+    record = await producer.get(job_id)
+    assert record.result == {"attempt": 2, "pid": fresh.pid} and record.attempt == 2
+
+
 @pytest.fixture
 def private_cluster() -> Iterator[LocalCluster]:
     """A throwaway Postgres this test may restart (the machine's server is never touched)."""

@@ -482,6 +482,25 @@ async def test_enqueue_retries_a_lost_connection_without_doubling_jobs(
             await app.enqueue("track", "given up", 0.0)
 
 
+async def test_a_node_prunes_finished_jobs_past_the_retention_period(
+    node_app: Callable[..., App],
+) -> None:
+    async with node_app(retention_s=1.0, prune_interval_s=0.2) as app:
+        done = await app.enqueue("add", 1, 2)
+        assert await app.result(done, timeout=10) == 3
+        later = await app.enqueue("add", 0, 0, delay=30)  # unfinished: never pruned
+
+        async def pruned() -> bool:
+            try:
+                await app.get(done)
+            except JobNotFoundError:
+                return True
+            return False
+
+        await wait_until(pruned, timeout=10, what="the finished job to be pruned")
+        assert (await app.get(later)).state is JobState.SCHEDULED
+
+
 # -- shutdown and several nodes -------------------------------------------------------------------
 
 

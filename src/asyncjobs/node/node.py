@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import StoreError, StoreUnavailableError
 from ..ids import new_id
 from ..jobs import JobId
 from ..settings import Settings
@@ -39,6 +38,7 @@ from .execution import (
     execute,
     unknown_job_outcome,
 )
+from .fetcher import Fetcher
 from .heartbeat import run_heartbeat
 from .promoter import Promoter
 from .pruner import run_pruner
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     from ..app import App
 
 log = logging.getLogger("asyncjobs.node")
-
-CLAIM_RETRY_MAX_S = 5.0  # backoff cap when claiming fails because the database is unreachable
 
 
 class Node:
@@ -75,14 +73,9 @@ class Node:
         self.free = settings.concurrency
         self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
         self.queue_free = dict(self.queue_limit)
-        self._queue_order = list(self.queue_limit)
-        self._queue_turn = 0
         self.completer = Completer(store, self.id)
         self.promoter = Promoter(self)
-        self.claimed_total = 0
-        self._maybe_ready: set[str] = set(self.queue_limit)  # check every queue at start
-        self._notified = dict.fromkeys(self.queue_limit, 0)  # "jobs ready" events per queue
-        self._wake = asyncio.Event()
+        self.fetcher = Fetcher(self)
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -93,7 +86,6 @@ class Node:
         self._drain_scope: anyio.CancelScope | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
         self._last_heartbeat = time.monotonic()  # registration counts as the first heartbeat
-        self._claims_uncertain = False
         self._fenced = False
         self._heartbeat_ok = anyio.Event()
 
@@ -120,7 +112,7 @@ class Node:
                 services.start_soon(run_reaper, self)
                 services.start_soon(run_pruner, self)
                 async with anyio.create_task_group() as fetching:
-                    fetching.start_soon(self._fetch_loop)
+                    fetching.start_soon(self.fetcher.run)
                     self._started.set()
                     task_status.started()
                     await self._stop.wait()
@@ -212,7 +204,7 @@ class Node:
             log.warning("node %s heartbeats again: claiming resumes", self.id)
         self._heartbeat_ok.set()
 
-    async def _wait_until_heartbeat_succeeds(self) -> None:
+    async def wait_until_heartbeat_succeeds(self) -> None:
         self._heartbeat_ok = anyio.Event()
         await self._heartbeat_ok.wait()
 
@@ -254,92 +246,10 @@ class Node:
         if not self.running:
             self._idle.set()
 
-    # -- the fetcher ---------------------------------------------------------------------------
+    # -- running jobs ----------------------------------------------------------------------------
 
-    def _claim_limits(self) -> dict[str, int]:
-        """How many jobs to ask each queue for: together never more than the free capacity.
-
-        The queue asked first rotates, so that under saturation no queue starves the others.
-        """
-        limits: dict[str, int] = {}
-        budget = min(self.free, self.settings.claim_batch_size)
-        order = self._queue_order
-        self._queue_turn = (self._queue_turn + 1) % len(order)
-        for i in range(len(order)):
-            if budget <= 0:
-                break
-            queue = order[(self._queue_turn + i) % len(order)]
-            if queue not in self._maybe_ready:
-                continue
-            n = min(self.queue_free[queue], budget)
-            if n > 0:
-                limits[queue] = n
-                budget -= n
-        return limits
-
-    async def _fetch_loop(self) -> None:
-        retry_delay = 0.05
-        poll = self.settings.poll_interval_s
-        while True:
-            if not self.may_claim():
-                await self._wait_until_heartbeat_succeeds()
-                continue
-            limits = self._claim_limits()
-            if limits:
-                notified_before = dict(self._notified)
-                try:
-                    if self._claims_uncertain:
-                        await self._release_unknown_claims()
-                    claimed = await self.store.claim(self.id, limits, self.clock.time())
-                except StoreError as exc:
-                    if isinstance(exc, StoreUnavailableError):
-                        # The claim may have committed with its answer lost: find out before
-                        # claiming again (see _release_unknown_claims).
-                        self._claims_uncertain = True
-                        log.warning(
-                            "cannot claim jobs (%s); retrying in %.2f s", exc.why, retry_delay
-                        )
-                    else:
-                        log.exception("claiming jobs failed; retrying in %.2f s", retry_delay)
-                    await anyio.sleep(retry_delay)
-                    retry_delay = min(retry_delay * 2, CLAIM_RETRY_MAX_S)
-                    continue
-                retry_delay = 0.05
-                self._dispatch(claimed, limits, notified_before)
-                continue
-            self._wake.clear()
-            with anyio.move_on_after(poll) as timer:
-                await self._wake.wait()
-            if timer.cancelled_caught:
-                self._maybe_ready.update(self.queue_limit)  # the poll fallback: look everywhere
-
-    async def _release_unknown_claims(self) -> None:
-        """Give back jobs the database says this node runs but the node never received."""
-        known = [*self.running, *self.completer.pending_ids()]
-        released = await self.store.release_claims(self.id, known)
-        self._claims_uncertain = False
-        if released:
-            log.warning(
-                "node %s gave back %d jobs claimed by a statement whose answer was lost with "
-                "its connection; they never started and are queued again", self.id, released,
-            )  # fmt: skip
-
-    def _dispatch(
-        self, claimed: list[ClaimedJob], limits: dict[str, int], notified_before: dict[str, int]
-    ) -> None:
-        per_queue: dict[str, int] = dict.fromkeys(limits, 0)
-        for job in claimed:
-            per_queue[job.queue] += 1
-            self._start(job)
-        self.claimed_total += len(claimed)
-        for queue, asked in limits.items():
-            # Fewer than we could take means the queue was drained as the claim saw it. A job
-            # announced while the claim was in flight may be missing from that view, so the
-            # queue stays in view if a notification arrived meanwhile.
-            if per_queue[queue] < asked and self._notified[queue] == notified_before[queue]:
-                self._maybe_ready.discard(queue)
-
-    def _start(self, claimed: ClaimedJob) -> None:
+    def start_job(self, claimed: ClaimedJob) -> None:
+        """Start a claimed job in its own task (or fail it at once if its name is unknown)."""
         definition = self.app.registry.get(claimed.name)
         job = RunningJob(claimed, definition)
         self.running[job.id] = job
@@ -366,8 +276,7 @@ class Node:
         self.free += 1
         self.queue_free[job.queue] += 1
         self.completer.add(outcome)
-        if self._maybe_ready:
-            self._wake.set()
+        self.fetcher.slot_freed()
         if not self.running:
             self._idle.set()
 
@@ -430,10 +339,7 @@ class Node:
     def on_event(self, event: StoreEvent) -> None:
         kind = event.kind
         if kind == "queue":
-            if event.value in self.queue_limit:
-                self._notified[event.value] += 1
-                self._maybe_ready.add(event.value)
-                self._wake.set()
+            self.fetcher.jobs_ready(event.value)
         elif kind == "cancel":
             job_id = _parse_id(event.value)
             if job_id is not None:
@@ -447,18 +353,21 @@ class Node:
                 self.promoter.due_at(when)
         elif kind == "reconnected":
             # Notifications may have been missed while the connection was down.
-            self._maybe_ready.update(self.queue_limit)
-            self._wake.set()
+            self.fetcher.look_everywhere()
             self.promoter.due_at(0.0)
 
     # -- introspection ---------------------------------------------------------------------------
+
+    @property
+    def claimed_total(self) -> int:
+        return self.fetcher.claimed_total
 
     def stats(self) -> dict[str, Any]:
         return {
             "node_id": str(self.id),
             "running": len(self.running),
             "free": self.free,
-            "claimed": self.claimed_total,
+            "claimed": self.fetcher.claimed_total,
             "completed": self.completer.flushed,
             "buffered_outcomes": self.completer.buffered,
         }

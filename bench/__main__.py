@@ -5,7 +5,8 @@
     python -m bench --quick                  # small sizes: checks the scripts work
 
 Full-size runs rewrite ``bench/RESULTS.md``; ``--quick`` runs never do (their numbers mean
-nothing), and their JSON is marked ``"quick": true``.
+nothing), and their JSON is marked ``"quick": true``. A run of some benchmarks (``--only``)
+replaces their figures there and keeps the others' from their newest full-size run.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import shlex
 import sys
 import traceback
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any, TypeVar
 
 import uvloop
 
 from . import (
+    cluster_drain,
     concurrent_sleepers,
     drain,
     enqueue_concurrent,
     enqueue_many,
     enqueue_sequential,
     latency,
+    pg_restart,
+    reap,
     report,
 )
 from .common import (
@@ -50,6 +53,9 @@ BENCHMARKS: dict[str, ModuleType] = {
         enqueue_many,
         latency,
         concurrent_sleepers,
+        reap,
+        cluster_drain,
+        pg_restart,
     )
 }
 REPEATS = 3
@@ -109,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         machine=_run(machine_info(args.dsn)),
     )
     run_stamp = timestamp()
-    started = datetime.now(UTC)
     figures: list[dict[str, Any]] = []
     failed = []
     for position, name in enumerate(args.names):
@@ -127,14 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    -> {path.relative_to(path.parents[2])}", flush=True)
         figures.extend(docs)
     print()
-    report.render(
-        figures,
-        command=command,
-        when=started,
-        machine=ctx.machine,
-        repeats=args.repeats,
-        write=not args.quick,
-    )
+    report.render(figures, order=list(BENCHMARKS), failed=failed, write=not args.quick)
     if args.quick:
         print("\n(quick run: bench/RESULTS.md left as it was)")
     if failed:

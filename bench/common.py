@@ -24,6 +24,8 @@ import asyncjobs
 from asyncjobs import App, JobDef, Settings
 from asyncjobs.app import make_store
 
+from . import fault_jobs
+
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/asyncjobs_bench"
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -36,7 +38,8 @@ _STATES = frozenset(
 
 # -- the jobs ----------------------------------------------------------------------------------
 # Plain functions, registered on each benchmark's app (and in bench.node_proc), so the job names
-# ("noop", "stamp", "sleeper") match between a producer and a node in another process.
+# ("noop", "stamp", "sleeper", and those of bench.fault_jobs) match between a producer and a
+# node in another process.
 
 
 async def noop() -> None:
@@ -56,12 +59,24 @@ class Jobs(NamedTuple):
     noop: JobDef[[], None]
     stamp: JobDef[[], float]
     sleeper: JobDef[[float], None]
+    hold_first_attempt: JobDef[[float], int]
+    note: JobDef[[float], None]
 
 
 def make_app(dsn: str, schema: str, **settings: Any) -> tuple[App, Jobs]:
     """An app on this schema with the benchmark jobs registered, and those jobs."""
     app = App(settings=Settings(dsn=dsn, schema=schema, **settings))
-    return app, Jobs(app.job(noop), app.job(stamp), app.job(sleeper))
+    return app, register_jobs(app)
+
+
+def register_jobs(app: App) -> Jobs:
+    return Jobs(
+        app.job(noop),
+        app.job(stamp),
+        app.job(sleeper),
+        app.job(retry=fault_jobs.HOLD_RETRY)(fault_jobs.hold_first_attempt),
+        app.job(fault_jobs.note),
+    )
 
 
 # -- figures -------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ TARGET_JOBS_PER_S = 25_000.0
 DRAIN_TIMEOUT_S = 120.0
 
 
-async def _enqueue_backlog(dsn: str, schema: str, n: int) -> None:
+async def enqueue_backlog(dsn: str, schema: str, n: int) -> None:
+    """A fresh schema holding n queued no-op jobs (one COPY), with fresh planner statistics."""
     await fresh_schema(dsn, schema)
     producer, jobs = make_app(dsn, schema)
     await producer.start(node=False)
@@ -55,7 +56,7 @@ async def _enqueue_backlog(dsn: str, schema: str, n: int) -> None:
 
 async def _once(dsn: str, n: int) -> tuple[float, float]:
     """One drain; returns (seconds from start to all outcomes written, start-up seconds)."""
-    await _enqueue_backlog(dsn, SCHEMA, n)
+    await enqueue_backlog(dsn, SCHEMA, n)
     app, _ = make_app(dsn, SCHEMA, concurrency=CONCURRENCY)
     t0 = time.perf_counter()
     await app.start()
@@ -72,7 +73,7 @@ async def _once(dsn: str, n: int) -> tuple[float, float]:
 
 async def _bare(dsn: str, n: int) -> tuple[float, float]:
     """One bare drain of the same backlog; returns (seconds in all, connect seconds)."""
-    await _enqueue_backlog(dsn, BARE_SCHEMA, n)
+    await enqueue_backlog(dsn, BARE_SCHEMA, n)
     elapsed, connected = await baselines.drain(dsn, BARE_SCHEMA, n, CONCURRENCY)
     await _check_drained(dsn, BARE_SCHEMA, n)
     return elapsed, connected

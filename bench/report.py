@@ -1,15 +1,18 @@
 """The results table: printed after a run, and written to ``bench/RESULTS.md``.
 
-``python -m bench`` calls ``render`` with the figures it just measured. Run on its own,
-``python -m bench.report`` rebuilds both from the newest full-size run's JSON files in
-``bench/results/`` (all files of one run share its timestamp).
+``python -m bench`` calls ``render`` with the figures it just measured, after writing their
+JSON. ``RESULTS.md`` is always built from the JSON files in ``bench/results/``: for each
+benchmark, its newest full-size results. So a run of some benchmarks (``--only``) replaces their
+figures and keeps the others' from earlier runs; the file lists which run each came from. Run
+on its own, ``python -m bench.report`` rebuilds the file the same way and prints the table.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ FigureDoc = dict[str, Any]
 def _fmt(value: float, unit: str) -> str:
     if unit in ("jobs/s", "B/job"):
         return f"{value:,.0f}"
-    if unit == "ms":
+    if unit in ("ms", "\N{MULTIPLICATION SIGN}"):
         return f"{value:,.2f}"
     return f"{value:.3f}"
 
@@ -98,16 +101,22 @@ def table_text(figures: list[FigureDoc]) -> str:
     return "\n".join(lines)
 
 
-def _machine_lines(m: dict[str, Any]) -> list[str]:
+def _machine_lines(m: dict[str, Any], *, one_run: bool) -> list[str]:
     ram_gib = m["ram_bytes"] / 2**30
     pg = m["postgres_settings"]
-    return [
+    lines = [
         f"- **Machine:** {m['cores_logical']} logical cores ({m['cores_physical']} physical), "
         f"{ram_gib:.1f} GiB RAM, {m['cpu_model']}, {m['os']}",
-        f"- **Load average when the run started:** {' '.join(map(str, m['load_average']))} "
-        "(other work on the machine skews the figures)",
+    ]
+    if one_run:  # otherwise each run's load and commit are on its own line
+        lines.append(
+            f"- **Load average when the run started:** {' '.join(map(str, m['load_average']))} "
+            "(other work on the machine skews the figures)"
+        )
+    return [
+        *lines,
         f"- **Software:** {m['python']}, uvloop {m['uvloop']}, asyncpg {m['asyncpg']}, "
-        f"asyncjobs {m['asyncjobs']} at commit {m['commit']}",
+        f"asyncjobs {m['asyncjobs']}" + (f" at commit {m['commit']}" if one_run else ""),
         f"- **Postgres:** {m['postgres']} on {m['postgres_host']}, same machine "
         f"(shared_buffers {pg['shared_buffers']}, synchronous_commit "
         f"{pg['synchronous_commit']}, fsync {pg['fsync']})",
@@ -122,21 +131,62 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
+def _when(doc: dict[str, Any]) -> datetime:
+    return datetime.strptime(doc["timestamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def _source_lines(runs: list[list[dict[str, Any]]]) -> list[str]:
+    """Where the figures come from: one run's command, date and repeats, or a line per run."""
+    if len(runs) == 1:
+        first = runs[0][0]
+        return [
+            f"- **Command:** `{first['command']}`",
+            f"- **Date:** {_when(first):%Y-%m-%d %H:%M} UTC",
+            f"- **Repeats:** {first['repeats']}",
+        ]
+    lines = [
+        "- **Runs:** each benchmark's figures come from its newest full-size run; absolute "
+        "figures compare only within one run:"
+    ]
+    for docs in runs:
+        first = docs[0]
+        m = first["machine"]
+        names = ", ".join(d["benchmark"] for d in docs)
+        repeats = f"{first['repeats']} repeat{'' if first['repeats'] == 1 else 's'}"
+        load = " ".join(map(str, m["load_average"]))
+        lines.append(
+            f"  - {_when(first):%Y-%m-%d %H:%M} UTC, `{first['command']}`, {repeats}, "
+            f"commit {m['commit']}, load average {load}: {names}"
+        )
+    return lines
+
+
 def markdown(
-    figures: list[FigureDoc], command: str, when: datetime, machine: dict[str, Any], repeats: int
+    docs: dict[str, dict[str, Any]], order: Sequence[str], failed: Sequence[str] = ()
 ) -> str:
+    """RESULTS.md from result files (``newest_docs``), benchmarks in ``order``; a benchmark in
+    ``failed`` shows as an error rather than with older figures."""
+    names = [n for n in order if n in docs or n in failed]
+    names += sorted(set(docs) - set(order))  # results of a benchmark since removed or renamed
+    used = [docs[n] for n in names if n in docs and n not in failed]
+    figures: list[FigureDoc] = []
+    for name in names:
+        figures += [{"error": name}] if name in failed else docs[name]["figures"]
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for doc in used:
+        by_run.setdefault(doc["timestamp"], []).append(doc)
+    runs = [by_run[t] for t in sorted(by_run, reverse=True)]  # newest run first
     lines = [
         "# Benchmark results",
         "",
         "Rewritten by every full-size run of `make bench` (`python -m bench`); see "
-        "`bench/__main__.py`. Each figure is the median of the repeats, with their range.",
+        "`bench/__main__.py`. Each figure is the median of the repeats, with their range. A run "
+        "of some benchmarks (`--only`) replaces their figures and keeps the others'.",
         "",
         BARE_NOTE,
         "",
-        f"- **Command:** `{command}`",
-        f"- **Date:** {when:%Y-%m-%d %H:%M} UTC",
-        f"- **Repeats:** {repeats}",
-        *_machine_lines(machine),
+        *_source_lines(runs),
+        *(_machine_lines(runs[0][0]["machine"], one_run=len(runs) == 1) if runs else []),
         "",
         "| Figure | Measured (median) | Min..max | Bare | vs bare | Target | Result |",
         "|---|---:|---:|---:|---:|---:|:---:|",
@@ -161,44 +211,47 @@ def markdown(
     return "\n".join(lines)
 
 
+def newest_docs(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """Each benchmark's newest full-size result file (``--quick`` ones never count)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("quick"):
+            continue
+        name = doc["benchmark"]
+        if name not in newest or doc["timestamp"] > newest[name]["timestamp"]:
+            newest[name] = doc
+    return newest
+
+
+def write_markdown(order: Sequence[str], failed: Sequence[str] = ()) -> None:
+    docs = newest_docs()
+    RESULTS_MD.write_text(markdown(docs, order, failed))
+    stamps = {docs[n]["timestamp"] for n in docs if n not in failed}
+    note = f" (figures from {len(stamps)} runs: see its Runs line)" if len(stamps) > 1 else ""
+    print(f"\nwrote {RESULTS_MD.relative_to(BENCH_DIR.parent)}{note}")
+
+
 def render(
-    figures: list[FigureDoc],
-    *,
-    command: str,
-    when: datetime,
-    machine: dict[str, Any],
-    repeats: int,
-    write: bool,
+    figures: list[FigureDoc], *, order: Sequence[str], failed: Sequence[str], write: bool
 ) -> None:
-    """Print the table; with ``write``, rewrite RESULTS.md (everything in it is generated)."""
+    """Print this run's table; with ``write``, rebuild RESULTS.md from the result files (this
+    run's JSON is written before, so its figures are the newest of their benchmarks)."""
     print(table_text(figures))
     if write:
-        RESULTS_MD.write_text(markdown(figures, command, when, machine, repeats))
-        print(f"\nwrote {RESULTS_MD.relative_to(BENCH_DIR.parent)}")
-
-
-def _latest_run(directory: Path) -> list[dict[str, Any]]:
-    docs = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
-    docs = [d for d in docs if not d.get("quick")]
-    if not docs:
-        raise SystemExit(f"no full-size results in {directory}; run python -m bench first")
-    newest = max(d["timestamp"] for d in docs)
-    return sorted((d for d in docs if d["timestamp"] == newest), key=lambda d: d["position"])
+        write_markdown(order, failed)
 
 
 def main() -> None:
-    docs = _latest_run(RESULTS_DIR)
-    figures = [f for d in docs for f in d["figures"]]
-    first = docs[0]
-    when = datetime.strptime(first["timestamp"] + "+0000", "%Y%m%dT%H%M%SZ%z")
-    render(
-        figures,
-        command=first["command"],
-        when=when,
-        machine=first["machine"],
-        repeats=first["repeats"],
-        write="--no-write" not in sys.argv[1:],
-    )
+    from .__main__ import BENCHMARKS  # here, not at the top: __main__ imports this module
+
+    docs = newest_docs()
+    if not docs:
+        raise SystemExit(f"no full-size results in {RESULTS_DIR}; run python -m bench first")
+    order = [n for n in BENCHMARKS if n in docs] + sorted(set(docs) - set(BENCHMARKS))
+    print(table_text([f for n in order for f in docs[n]["figures"]]))
+    if "--no-write" not in sys.argv[1:]:
+        write_markdown(list(BENCHMARKS))
 
 
 if __name__ == "__main__":

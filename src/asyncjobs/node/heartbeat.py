@@ -43,7 +43,13 @@ async def run_heartbeat(node: Node) -> None:
             continue
         wait = interval
         if not result.alive:
-            await node.rejoin()
+            try:
+                await node.rejoin()
+            except StoreError as exc:
+                # Registering the new id failed: the next beat finds that id unknown (not
+                # alive) and rejoins again; the orphaned jobs were already stopped.
+                log.warning("node %s could not rejoin yet: %s", node.id, exc)
+                wait = RETRY_MIN_S
             continue
         node.heartbeat_succeeded()
         if result.cancel_requested:

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,13 @@ import pytest
 import uvloop
 
 from asyncjobs import App, MemoryStore, Settings
-from asyncjobs.localpg import DEFAULT_LOCAL_DSN, LocalCluster, LocalPostgresError, reachable
+from asyncjobs.localpg import (
+    DEFAULT_LOCAL_DSN,
+    LocalCluster,
+    LocalPostgresError,
+    binaries_available,
+    reachable,
+)
 
 TEST_DATABASE = "asyncjobs_test"
 SCHEMA_PREFIX = "ajt_"
@@ -172,6 +178,30 @@ def pg_settings(pg_dsn: str, pg_schema: str) -> Settings:
         shutdown_grace_s=5.0,
         cancel_grace_s=2.0,
     )
+
+
+@pytest.fixture
+def private_cluster_dir() -> Iterator[Path]:
+    """A folder for a throwaway Postgres cluster (``LocalCluster(path)``), which the test may
+    start, restart and stop; whatever runs in it is stopped and the folder removed after.
+
+    Not pytest's tmp_path: its folders are private (mode 700), and when the tests run as root
+    the cluster runs as another user, who must be able to reach it. The Postgres binaries are
+    required: a test that needs a cluster of its own fails, with a hint, without them.
+    """
+    if not binaries_available():
+        pytest.fail(
+            "this test needs a private Postgres cluster, made with initdb and pg_ctl; install "
+            "the PostgreSQL server package",
+            pytrace=False,
+        )
+    base = Path(tempfile.mkdtemp(prefix="asyncjobs-cluster-"))
+    base.chmod(0o755)
+    try:
+        yield base / "pg"
+    finally:
+        LocalCluster(base / "pg").stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ reconnect with backoff, stop claiming once it may have been reaped, and lose not
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +16,7 @@ import asyncpg
 import pytest
 
 from asyncjobs import App, Settings
-from asyncjobs.localpg import LocalCluster, binaries_available
+from asyncjobs.localpg import LocalCluster
 from tests.helpers import wait_until
 
 from .jobs_app import RUNS_DDL, build_app, read_runs
@@ -170,23 +168,11 @@ async def test_a_stale_attempt_is_rejected_and_the_newer_result_stands(
 
 
 @pytest.fixture
-def private_cluster() -> Iterator[LocalCluster]:
+def private_cluster(private_cluster_dir: Path) -> LocalCluster:
     """A throwaway Postgres this test may restart (the machine's server is never touched)."""
-    if not binaries_available():
-        pytest.fail(
-            "restarting Postgres needs a private cluster, made with initdb and pg_ctl; install "
-            "the PostgreSQL server package",
-            pytrace=False,
-        )
-    base = Path(tempfile.mkdtemp(prefix="asyncjobs-restart-"))
-    base.chmod(0o755)  # as root, the cluster runs as another user, who must reach it
-    cluster = LocalCluster(base / "pg", fsync=False)
+    cluster = LocalCluster(private_cluster_dir, fsync=False)
     cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    return cluster
 
 
 async def test_a_postgres_restart_mid_drain_loses_and_duplicates_nothing(

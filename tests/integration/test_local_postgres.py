@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -17,26 +16,13 @@ from asyncjobs.localpg import (
     LocalCluster,
     LocalPostgresError,
     _check_reachable,
-    binaries_available,
 )
 from plugins_example import demo
 
 
 @pytest.fixture
-def cluster_dir() -> Iterator[Path]:
-    if not binaries_available():
-        pytest.fail(
-            "initdb and pg_ctl are needed to test the private cluster; install the PostgreSQL "
-            "server package",
-            pytrace=False,
-        )
-    # Not pytest's tmp_path: its folders are private (mode 700), and when the tests run as
-    # root the cluster runs as another user, who must be able to reach it.
-    path = Path(tempfile.mkdtemp(prefix="asyncjobs-localpg-"))
-    path.chmod(0o755)
-    yield path / "pg"
-    LocalCluster(path / "pg").stop()
-    shutil.rmtree(path, ignore_errors=True)
+def cluster_dir(private_cluster_dir: Path) -> Path:
+    return private_cluster_dir
 
 
 def test_a_folder_the_cluster_user_cannot_reach_is_refused_naming_it() -> None:

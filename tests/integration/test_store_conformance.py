@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import orjson
@@ -18,6 +18,7 @@ from asyncjobs import JobState, Settings
 from asyncjobs.app import make_store
 from asyncjobs.ids import new_id, new_ids
 from asyncjobs.store.base import NewJob, NodeInfo, Outcome, Store, StoreEvent
+from tests.helpers import wait_until
 
 NOW = 1_800_000_000.0  # a fixed "now" (2027-01-15) keeps the tests independent of the clock
 ARGS = orjson.dumps(([], {}))
@@ -401,10 +402,10 @@ async def test_events_announce_ready_queues_cancels_and_finished_watched_jobs(
         await tg.start(store.listen, events.append)  # returns once the store is listening
         watched = job(queue="reports")
         await store.enqueue([watched])
-        await _until(lambda: StoreEvent("queue", "reports") in events)
+        await wait_until(lambda: StoreEvent("queue", "reports") in events)
         later = job(state="scheduled", run_at=NOW + 3)
         await store.enqueue([later])
-        await _until(lambda: any(e.kind == "scheduled" for e in events))
+        await wait_until(lambda: any(e.kind == "scheduled" for e in events))
         scheduled = [float(e.value) for e in events if e.kind == "scheduled"]
         assert scheduled[0] == pytest.approx(NOW + 3)
 
@@ -413,15 +414,15 @@ async def test_events_announce_ready_queues_cancels_and_finished_watched_jobs(
         record = await store.watch(watched.id)
         assert record is not None and record.state is JobState.RUNNING
         await store.cancel(watched.id, "stop", NOW)
-        await _until(lambda: StoreEvent("cancel", str(watched.id)) in events)
+        await wait_until(lambda: StoreEvent("cancel", str(watched.id)) in events)
         cancelled = Outcome(watched.id, 1, "cancelled", None, None, NOW, None, None)
         await store.complete(info.id, [cancelled])
-        await _until(lambda: StoreEvent("finished", str(watched.id)) in events)
+        await wait_until(lambda: StoreEvent("finished", str(watched.id)) in events)
         unwatched = job(queue="reports")
         await store.enqueue([unwatched])
         (claimed,) = await store.claim(info.id, {"reports": 1}, NOW)
         await store.complete(info.id, [success(claimed.id)])
-        await _until(lambda: events.count(StoreEvent("queue", "reports")) >= 2)
+        await wait_until(lambda: events.count(StoreEvent("queue", "reports")) >= 2)
         assert StoreEvent("finished", str(unwatched.id)) not in events  # nobody waits for it
         tg.cancel_scope.cancel()
 
@@ -438,19 +439,6 @@ async def test_watch_of_a_finished_job_returns_it_finished(store: Store) -> None
 async def test_many_ids_from_one_batch_are_distinct_and_ordered() -> None:
     ids = new_ids(50_000)
     assert len(set(ids)) == 50_000 and ids == sorted(ids)
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 # -- reaping and pruning (issue 3) --

@@ -27,12 +27,15 @@ from .errors import (
     PayloadError,
     PayloadTooLargeError,
     ResultTimeoutError,
+    ScheduleDefinitionError,
+    ScheduleNotFoundError,
     SchemaNotReadyError,
     StoreError,
     StoreUnavailableError,
     UnknownJobError,
 )
 from .jobs import JobContext, JobDef, JobId, JobRecord, JobState, Retry, Signature
+from .schedules import ScheduleDef
 from .settings import Settings
 from .store.memory import MemoryStore
 
@@ -68,6 +71,9 @@ __all__ = [
     "PayloadTooLargeError",
     "ResultTimeoutError",
     "Retry",
+    "ScheduleDef",
+    "ScheduleDefinitionError",
+    "ScheduleNotFoundError",
     "SchemaNotReadyError",
     "Settings",
     "Signature",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ParamSpec, TypeVar, overload
@@ -27,6 +27,7 @@ from .errors import (
     JobNotFoundError,
     NotStartedError,
     ResultTimeoutError,
+    ScheduleDefinitionError,
     StoreUnavailableError,
     UnknownJobError,
 )
@@ -44,6 +45,7 @@ from .jobs import (
 )
 from .prepare import prepare, prepare_bulk
 from .results import ResultWaiters, result_of
+from .schedules import DEFAULT_MAX_CATCHUP, DEFAULT_MISFIRE_GRACE_S, ScheduleDef, make_schedule
 from .settings import MEMORY_DSN, Settings
 from .store.base import Store, StoreEvent
 
@@ -80,6 +82,7 @@ class App:
         self._store_override = store
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, JobDef[Any, Any]] = {}
+        self.schedules: dict[str, ScheduleDef] = {}
         self._store: Store | None = None
         self._batcher: EnqueueBatcher | None = None
         self._node: Any = None  # Node, imported lazily (the node is optional for producers)
@@ -150,6 +153,57 @@ class App:
             )  # fmt: skip
 
         return register(fn) if fn is not None else register
+
+    def schedule(
+        self,
+        name: str,
+        job: str | JobDef[Any, Any],
+        /,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str = "UTC",
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        missed: str = "latest",
+        max_catchup: int = DEFAULT_MAX_CATCHUP,
+        overlap: str = "allow",
+        misfire_grace: timedelta | float = DEFAULT_MISFIRE_GRACE_S,
+    ) -> ScheduleDef:
+        """Declare a recurring schedule: ``job`` runs with these arguments at each fire time.
+
+        - ``cron``: a five-field expression, evaluated in ``tz`` (an IANA name, default UTC),
+          like Debian's cron, daylight-saving transitions included (see README). Or
+        - ``every``: an interval (timedelta or seconds); fire times are whole multiples of it
+          since the Unix epoch, UTC.
+        - ``missed``: fire times missed while no node ran: ``skip``, ``latest`` (default: run
+          the latest once) or ``all`` (up to ``max_catchup``). A fire time handled later than
+          ``misfire_grace`` (60 s) counts as missed.
+        - ``overlap``: when the previous run is unfinished: ``allow`` (default), ``skip``, or
+          ``queue`` (it waits for the previous run; at most one waits).
+
+        Every node serving the job's queue fires the schedule; each fire time becomes one job.
+        Mistakes (a bad expression, an unknown time zone or job, a non-positive interval,
+        arguments that do not encode) raise ``ScheduleDefinitionError`` here.
+        """
+        try:
+            definition = self._definition(job)
+        except UnknownJobError as exc:
+            raise ScheduleDefinitionError(str(name), str(exc)) from None
+        if name in self.schedules:
+            raise ScheduleDefinitionError(name, "a schedule with this name is already declared")
+        call = Signature(definition.name, tuple(args), dict(kwargs or {}), queue, priority)
+        template = prepare(call, definition, new_id(), 0.0, self._settings.max_payload_bytes)
+        defn = make_schedule(
+            name, definition.name, cron=cron, every=every, tz=tz, args=tuple(args),
+            kwargs=dict(kwargs or {}), queue=queue, priority=priority, missed=missed,
+            max_catchup=max_catchup, overlap=overlap, misfire_grace=misfire_grace,
+            template=template,
+        )  # fmt: skip
+        self.schedules[name] = defn
+        return defn
 
     def signature(self, job: str | JobDef[Any, Any], *args: Any, **kwargs: Any) -> Signature:
         """A signature for ``enqueue_many`` by job name (or definition)."""

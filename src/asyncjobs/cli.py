@@ -1,4 +1,4 @@
-"""The ``asyncjobs`` command: run a node, enqueue a job, migrate the schema.
+"""The ``asyncjobs`` command: run a node, enqueue a job, migrate, manage schedules.
 
 Every command takes the settings flags (``--dsn``, ``--schema``, ...) and reads ``ASYNCJOBS_*``
 variables; flags win. Errors are printed as one sentence, never as a traceback, and the exit
@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -29,10 +31,12 @@ from .errors import (
     JobOutcomeError,
     PayloadError,
     ResultTimeoutError,
+    ScheduleNotFoundError,
     StoreUnavailableError,
     UnknownJobError,
 )
 from .settings import Settings
+from .store.base import ScheduleRecord
 
 log = logging.getLogger("asyncjobs.cli")
 
@@ -225,6 +229,52 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    settings = _settings_for(args)
+    from .app import make_store
+
+    store = make_store(settings)
+    await store.open()
+    try:
+        if args.action == "list":
+            records = await store.list_schedules()
+            if args.json:
+                _print_json([r._asdict() for r in records])
+            else:
+                _print_schedules(records)
+            return EXIT_OK
+        paused = args.action == "pause"
+        if not await store.pause_schedule(args.name, paused, time.time()):
+            raise ScheduleNotFoundError(args.name)
+        print(f"schedule {args.name} {'paused' if paused else 'resumed'}")
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+def _print_schedules(records: Sequence[ScheduleRecord]) -> None:
+    if not records:
+        print("no schedules (nodes record theirs when they start)")
+        return
+    header = ("NAME", "JOB", "WHEN", "STATE", "NEXT FIRE (UTC)", "LAST FIRE (UTC)", "RUNS",
+              "MISSED", "SKIPPED")  # fmt: skip
+    rows = [header]
+    for r in records:
+        rows.append(
+            (r.name, r.job, r.spec, "paused" if r.paused else "active", _utc(r.next_fire_at),
+             _utc(r.last_fire_at), str(r.fired), str(r.missed), str(r.skipped))
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _settings_for(args: argparse.Namespace) -> Settings:
     """Settings for commands that need no app: from --app if given, else the environment."""
     if getattr(args, "app", None) or os.environ.get("ASYNCJOBS_APP"):
@@ -346,6 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_app_flags(p, required=False)
     _add_settings_flags(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "schedules",
+        help="list, pause or resume recurring schedules",
+        description="Show the schedules the nodes have declared (next and last fire, runs, "
+        "missed and skipped fire times), or pause and resume one. Resuming does not catch up "
+        "the fire times of the pause.",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every schedule and its state")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    for action in ("pause", "resume"):
+        one = actions.add_parser(action, help=f"{action} a schedule by name")
+        one.add_argument("name", help="the schedule's name")
+    for each in actions.choices.values():
+        _add_app_flags(each, required=False)
+        _add_settings_flags(each)
+    p.set_defaults(func=cmd_schedules)
     return parser
 
 
@@ -373,7 +441,13 @@ def run_command(
         return anyio.run(func, args, backend="asyncio", backend_options=_backend_options())
     except CliError as exc:
         return _fail(str(exc), exc.code)
-    except (ConfigurationError, UnknownJobError, InvalidJobOptionError, PayloadError) as exc:
+    except (
+        ConfigurationError,
+        UnknownJobError,
+        InvalidJobOptionError,
+        PayloadError,
+        ScheduleNotFoundError,
+    ) as exc:
         return _fail(f"{exc}", EXIT_USAGE)  # the command was given something that cannot work
     except StoreUnavailableError as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)

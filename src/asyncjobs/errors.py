@@ -42,6 +42,26 @@ class JobDefinitionError(AsyncJobsError):
         super().__init__(f"job {name!r} cannot be registered: {why}")
 
 
+class ScheduleDefinitionError(AsyncJobsError, ValueError):
+    """A schedule was declared in a way that cannot fire."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        self.why = why
+        super().__init__(f"schedule {name!r} cannot be declared: {why}")
+
+
+class ScheduleNotFoundError(AsyncJobsError, LookupError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"no schedule is called {name!r}; `asyncjobs schedules list` shows the schedules "
+            "the nodes have declared"
+        )
+
+
 class UnknownJobError(AsyncJobsError):
     """No job is registered under this name."""
 

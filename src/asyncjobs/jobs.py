@@ -311,6 +311,8 @@ class JobRecord:
     error: dict[str, Any] | None = None
     reason: str | None = None
     cancel_requested: bool = False
+    schedule: str | None = None  # the schedule that fired it, if any
+    fire_at: datetime | None = None  # and the fire time it ran for
 
     @property
     def is_finished(self) -> bool:

@@ -145,6 +145,16 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         ["schema 'jobs'", "migration 3 is unknown"],
         {"where": "schema 'jobs'"},
     ),
+    (
+        errors.ScheduleDefinitionError("nightly", "time zone 'Mars/Olympus' is unknown"),
+        ["'nightly'", "Mars/Olympus"],
+        {"name": "nightly"},
+    ),
+    (
+        errors.ScheduleNotFoundError("nightly"),
+        ["'nightly'", "schedules list"],
+        {"name": "nightly"},
+    ),
 ]
 
 

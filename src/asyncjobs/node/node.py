@@ -43,6 +43,7 @@ from .heartbeat import run_heartbeat
 from .promoter import Promoter
 from .pruner import run_pruner
 from .reaper import run_reaper
+from .scheduler import run_scheduler
 
 if TYPE_CHECKING:
     from ..app import App
@@ -111,6 +112,7 @@ class Node:
                 services.start_soon(self.promoter.run)
                 services.start_soon(run_reaper, self)
                 services.start_soon(run_pruner, self)
+                services.start_soon(run_scheduler, self)
                 async with anyio.create_task_group() as fetching:
                     fetching.start_soon(self.fetcher.run)
                     self._started.set()

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 
 from ..jobs import JobId, JobRecord, JobState
+
+if TYPE_CHECKING:
+    from ..schedules import FirePlan, ScheduleDef
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 PENDING_STATES = ("scheduled", "waiting", "queued")  # states a cancel ends at once
@@ -93,6 +96,23 @@ class NodeInfo:
     version: str
     queues: tuple[str, ...]
     concurrency: int
+
+
+class ScheduleRecord(NamedTuple):
+    """A schedule as the store keeps it (``asyncjobs schedules list``)."""
+
+    name: str
+    job: str
+    spec: str
+    definition: dict[str, Any]
+    paused: bool
+    fired: int
+    missed: int
+    skipped: int
+    last_fire_at: float | None
+    next_fire_at: float | None
+    created_at: float
+    updated_at: float
 
 
 class StoreEvent(NamedTuple):
@@ -193,6 +213,26 @@ class Store(Protocol):
     async def promote_due(self, now: float, limit: int) -> PromoteResult:
         """Move scheduled jobs whose time has come to ``queued``."""
 
+    # -- schedules -------------------------------------------------------------------------------
+
+    async def sync_schedule(self, defn: ScheduleDef, now: float) -> None:
+        """Record a schedule as declared in code (first declared at ``now`` if it is new); its
+        state (paused, counters, last fire) is kept."""
+
+    async def fire_schedule(self, defn: ScheduleDef, now: float) -> FirePlan | None:
+        """Fire what is due: under the schedule's lock, decide with ``schedules.plan`` on the
+        stored state, insert the runs (one job per fire time, ever) and advance the state.
+        Returns what was done, or None if nothing was due (or the schedule is paused)."""
+
+    async def release_waiting(self, names: Sequence[str]) -> int:
+        """Queue the waiting run of each named schedule whose other runs have all ended."""
+
+    async def list_schedules(self) -> list[ScheduleRecord]: ...
+
+    async def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
+        """Pause or resume; resuming skips the fire times of the pause. False if no such
+        schedule."""
+
     async def listen(
         self,
         handler: EventHandler,
@@ -227,4 +267,6 @@ def record_from_row(row: Any, decode: Callable[[Any], Any]) -> JobRecord:
         error=decode(error) if error is not None else None,
         reason=row["reason"],
         cancel_requested=row["cancel_requested"],
+        schedule=row["schedule"],
+        fire_at=row["fire_at"],
     )

@@ -19,7 +19,10 @@ import anyio
 import anyio.lowlevel
 import orjson
 
+from ..errors import ScheduleNotFoundError
+from ..ids import new_ids
 from ..jobs import JobId, JobRecord, JobState
+from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from .base import (
     PENDING_STATES,
     TERMINAL_STATES,
@@ -31,6 +34,7 @@ from .base import (
     Outcome,
     PromoteResult,
     ReapedNode,
+    ScheduleRecord,
     StoreEvent,
 )
 
@@ -57,6 +61,25 @@ class _Job:
     result: bytes | None = None
     error: bytes | None = None
     cancel_requested: bool = False
+    schedule: str | None = None
+    fire_at: float | None = None
+
+
+@dataclass(slots=True)
+class _Schedule:
+    name: str
+    job: str
+    spec: str
+    definition: dict[str, Any]
+    created_at: float
+    updated_at: float
+    paused: bool = False
+    fired: int = 0
+    missed: int = 0
+    skipped: int = 0
+    last_fire_at: float | None = None
+    next_fire_at: float | None = None
+    fires: set[float] = field(default_factory=set)  # the (schedule, fire_at) unique key
 
 
 @dataclass(slots=True)
@@ -81,6 +104,7 @@ class MemoryStore:
     _unique: dict[str, JobId] = field(default_factory=dict)
     _handlers: list[EventHandler] = field(default_factory=list)
     _waiters: set[JobId] = field(default_factory=set)
+    schedules: dict[str, _Schedule] = field(default_factory=dict)
 
     async def open(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -404,6 +428,105 @@ class MemoryStore:
         job = self.jobs.get(job_id)
         return job is not None and job.state == "scheduled" and job.run_at == run_at
 
+    # -- schedules -------------------------------------------------------------------------------
+
+    async def sync_schedule(self, defn: ScheduleDef, now: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        record = self.schedules.get(defn.name)
+        if record is None:
+            record = self.schedules[defn.name] = _Schedule(
+                defn.name, defn.job, defn.spec, defn.definition(), now, time.time()
+            )
+        else:
+            record.job, record.spec = defn.job, defn.spec
+            record.definition, record.updated_at = defn.definition(), time.time()
+        record.next_fire_at = defn.next_fire_after(now)
+
+    async def fire_schedule(self, defn: ScheduleDef, now: float) -> FirePlan | None:
+        await anyio.lowlevel.checkpoint()
+        record = self.schedules.get(defn.name)
+        if record is None:
+            raise ScheduleNotFoundError(defn.name)
+        runs_of = [j for j in self.jobs.values() if j.schedule == defn.name]
+        state = ScheduleState(
+            record.last_fire_at,
+            record.created_at,
+            record.paused,
+            sum(j.state in _ACTIVE for j in runs_of),
+            sum(j.state == "waiting" for j in runs_of),
+        )
+        decision = plan(defn, state, now)
+        if decision is None:
+            return None
+        t = defn.template
+        inserted = 0
+        for run, job_id in zip(decision.runs, new_ids(len(decision.runs)), strict=True):
+            if run.fire_at in record.fires:
+                continue
+            record.fires.add(run.fire_at)
+            job = _Job(
+                job_id, t.name, t.queue, t.priority, run.state, t.args, run.fire_at,
+                t.max_attempts, None, time.time(), schedule=defn.name, fire_at=run.fire_at,
+            )  # fmt: skip
+            self.jobs[job_id] = job
+            if run.state == "queued":
+                self._make_ready(job)
+                self._emit("queue", job.queue)
+            inserted += 1
+        record.last_fire_at = decision.last_fire_at
+        record.next_fire_at = decision.next_fire_at
+        record.fired += inserted
+        record.missed += decision.missed
+        record.skipped += decision.skipped
+        record.updated_at = time.time()
+        return decision
+
+    async def release_waiting(self, names: Sequence[str]) -> int:
+        await anyio.lowlevel.checkpoint()
+        released = 0
+        for name in names:
+            runs_of = [j for j in self.jobs.values() if j.schedule == name]
+            if any(j.state in ("scheduled", "queued", "running") for j in runs_of):
+                continue
+            for job in runs_of:
+                if job.state == "waiting":
+                    self._make_ready(job)
+                    self._emit("queue", job.queue)
+                    released += 1
+        return released
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        await anyio.lowlevel.checkpoint()
+        return [
+            ScheduleRecord(
+                r.name,
+                r.job,
+                r.spec,
+                r.definition,
+                r.paused,
+                r.fired,
+                r.missed,
+                r.skipped,
+                r.last_fire_at,
+                r.next_fire_at,
+                r.created_at,
+                r.updated_at,
+            )
+            for r in sorted(self.schedules.values(), key=lambda r: r.name)
+        ]
+
+    async def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
+        await anyio.lowlevel.checkpoint()
+        record = self.schedules.get(name)
+        if record is None:
+            return False
+        record.paused = paused
+        if not paused:
+            last = record.last_fire_at
+            record.last_fire_at = now if last is None else max(last, now)
+        record.updated_at = time.time()
+        return True
+
     # -- events --------------------------------------------------------------------------------
 
     async def listen(
@@ -452,4 +575,6 @@ def _record(job: _Job) -> JobRecord:
         error=orjson.loads(job.error) if job.error is not None else None,
         reason=job.reason,
         cancel_requested=job.cancel_requested,
+        schedule=job.schedule,
+        fire_at=_utc(job.fire_at),
     )

@@ -19,9 +19,10 @@ import anyio
 import asyncpg
 import orjson
 
-from ..errors import StoreError
-from ..ids import id_floor
+from ..errors import ScheduleNotFoundError, StoreError
+from ..ids import id_floor, new_ids
 from ..jobs import JobId, JobRecord, JobState
+from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from ..settings import Settings, mask_dsn
 from .base import (
     ClaimedJob,
@@ -32,6 +33,7 @@ from .base import (
     Outcome,
     PromoteResult,
     ReapedNode,
+    ScheduleRecord,
     StoreEvent,
     record_from_row,
 )
@@ -317,6 +319,69 @@ class PostgresStore:
             row = await self.pool.fetchrow(self.q["promote_due"], now, limit)
         assert row is not None
         return PromoteResult(row["moved"], row["next_run_at"])
+
+    # -- schedules -------------------------------------------------------------------------------
+
+    async def sync_schedule(self, defn: ScheduleDef, now: float) -> None:
+        definition = orjson.dumps(defn.definition())
+        async with self._errors():
+            await self.pool.execute(
+                self.q["sync_schedule"], defn.name, defn.job, defn.spec, definition, now,
+                defn.next_fire_after(now),
+            )  # fmt: skip
+
+    async def fire_schedule(self, defn: ScheduleDef, now: float) -> FirePlan | None:
+        async with self._errors(), self.pool.acquire() as con, con.transaction():
+            row = await con.fetchrow(self.q["lock_schedule"], defn.name)
+            if row is None:
+                raise ScheduleNotFoundError(defn.name)
+            decision = plan(defn, ScheduleState(*row), now)
+            if decision is None:
+                return None
+            if decision.runs:
+                t = defn.template
+                await con.execute(
+                    self.q["insert_runs"], defn.name, t.name, t.queue, t.priority, t.args,
+                    t.max_attempts, new_ids(len(decision.runs)),
+                    [r.fire_at for r in decision.runs], [r.state for r in decision.runs],
+                )  # fmt: skip
+            await con.execute(
+                self.q["advance_schedule"], defn.name, decision.last_fire_at,
+                decision.next_fire_at, len(decision.runs), decision.missed, decision.skipped,
+            )  # fmt: skip
+        return decision
+
+    async def release_waiting(self, names: Sequence[str]) -> int:
+        async with self._errors():
+            row = await self.pool.fetchrow(self.q["release_waiting"], list(names))
+        assert row is not None
+        return int(row["released"])
+
+    async def list_schedules(self) -> list[ScheduleRecord]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["list_schedules"])
+        return [
+            ScheduleRecord(
+                name=r["name"],
+                job=r["job"],
+                spec=r["spec"],
+                definition=orjson.loads(r["definition"]),
+                paused=r["paused"],
+                fired=r["fired"],
+                missed=r["missed"],
+                skipped=r["skipped"],
+                last_fire_at=r["last_fire_at"],
+                next_fire_at=r["next_fire_at"],
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
+    async def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
+        async with self._errors():
+            found = await self.pool.fetchval(self.q["pause_schedule"], name, paused, now)
+        return found is not None
 
     # -- events --------------------------------------------------------------------------------
 

@@ -304,3 +304,85 @@ SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS 
 -- name: deregister_node
 -- Marks node $1 as cleanly stopped.
 UPDATE {t}nodes SET stopped_at = now(), running = 0 WHERE id = $1;
+
+-- name: sync_schedule
+-- Records schedule $1 as declared in code (job $2, spec $3, definition $4), first declared at
+-- $5 if it is new, next due at $6 as the declaration now says. Its state (paused, counters,
+-- last fire) is kept across redeclarations.
+INSERT INTO {t}schedules (name, job, spec, definition, created_at, next_fire_at)
+VALUES ($1, $2, $3, $4, to_timestamp($5), to_timestamp($6))
+ON CONFLICT (name) DO UPDATE
+SET job = EXCLUDED.job, spec = EXCLUDED.spec, definition = EXCLUDED.definition,
+    next_fire_at = EXCLUDED.next_fire_at, updated_at = now();
+
+-- name: lock_schedule
+-- Locks schedule $1 for one firing (racing nodes wait here, then see what the winner did) and
+-- returns its state with the number of its runs not finished, and of those kept waiting.
+SELECT extract(epoch FROM s.last_fire_at)::float8 AS last_fire_at,
+       extract(epoch FROM s.created_at)::float8 AS created_at,
+       s.paused,
+       (SELECT count(*) FROM {t}jobs
+        WHERE schedule = $1 AND state IN ('scheduled', 'waiting', 'queued', 'running')) AS unfinished,
+       (SELECT count(*) FROM {t}jobs WHERE schedule = $1 AND state = 'waiting') AS waiting
+FROM {t}schedules AS s WHERE s.name = $1
+FOR UPDATE OF s;
+
+-- name: insert_runs
+-- Inserts the runs of one firing (under the schedule's lock): one job per fire time, never two
+-- for the same (schedule, fire time), and wakes the nodes serving the queue.
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts,
+                         schedule, fire_at)
+    SELECT r.id, $2, $3, $4, r.state, $5, to_timestamp(r.fire_at), $6, $1, to_timestamp(r.fire_at)
+    FROM unnest($7::uuid[], $8::float8[], $9::{t}job_state[]) AS r(id, fire_at, state)
+    ON CONFLICT DO NOTHING
+    RETURNING queue, state
+)
+SELECT count(*) AS inserted,
+       count(pg_notify('{channel}', 'q:' || queue)) FILTER (WHERE state = 'queued') AS woken
+FROM ins;
+
+-- name: advance_schedule
+-- Records what one firing of schedule $1 handled: the latest fire time, the next one expected,
+-- and the counters.
+UPDATE {t}schedules
+SET last_fire_at = to_timestamp($2), next_fire_at = to_timestamp($3),
+    fired = fired + $4, missed = missed + $5, skipped = skipped + $6, updated_at = now()
+WHERE name = $1;
+
+-- name: release_waiting
+-- Lets the waiting run of each schedule in $1 go (queued) once no other run of it is
+-- unfinished: the overlap policy "queue". Returns how many were released.
+WITH released AS (
+    UPDATE {t}jobs AS j SET state = 'queued'
+    WHERE j.schedule = ANY($1::text[]) AND j.state = 'waiting'
+      AND NOT EXISTS (
+          SELECT 1 FROM {t}jobs AS o
+          WHERE o.schedule = j.schedule AND o.id <> j.id
+            AND o.state IN ('scheduled', 'queued', 'running')
+      )
+    RETURNING j.queue
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM released) AS q
+)
+SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM wake) AS woken;
+
+-- name: list_schedules
+-- Every schedule with its state, for `asyncjobs schedules list`.
+SELECT name, job, spec, definition, paused, fired, missed, skipped,
+       extract(epoch FROM last_fire_at)::float8 AS last_fire_at,
+       extract(epoch FROM next_fire_at)::float8 AS next_fire_at,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM updated_at)::float8 AS updated_at
+FROM {t}schedules ORDER BY name;
+
+-- name: pause_schedule
+-- Pauses ($2 true) or resumes ($2 false) schedule $1. Resuming moves the last fire time to $3
+-- (now), so that the fire times of the pause are not caught up as missed. Returns the name.
+UPDATE {t}schedules
+SET paused = $2,
+    last_fire_at = CASE WHEN $2 THEN last_fire_at
+                        ELSE greatest(last_fire_at, to_timestamp($3)) END,
+    updated_at = now()
+WHERE name = $1
+RETURNING name;

@@ -128,6 +128,11 @@ def translate_error(
         return SchemaNotReadyError(f"{target} schema {schema}", str(exc))
     if isinstance(exc, CONNECTION_ERRORS):
         return StoreUnavailableError(target, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's view of a connection went out of step with the wire, as when the server
+        # drops it mid-statement during a restart (asyncpg issues #784, #1069). The statement
+        # did not complete; retrying on a fresh connection is the remedy.
+        return StoreUnavailableError(target, f"the connection broke mid-statement ({exc})")
     if isinstance(exc, asyncpg.PostgresError):
         return StoreError(f"Postgres rejected a statement: {type(exc).__name__}: {exc}")
     return exc

@@ -132,6 +132,10 @@ class PostgresStore:
         except (StoreError, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:
+            if isinstance(exc, asyncpg.InternalClientError) and self._pool is not None:
+                # The pooled connection that raised it may go back to the pool in a state
+                # asyncpg cannot use; replace every pooled connection on its next acquire.
+                await self._pool.expire_connections()
             raise self._translate(exc) from exc
 
     def _translate(self, exc: BaseException) -> BaseException:

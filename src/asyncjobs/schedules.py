@@ -12,8 +12,9 @@ fires a fire time, and the others find it handled.
 - **Intervals** (``every=timedelta(...)``) fire at whole multiples of the interval since the
   Unix epoch, in UTC, so every node agrees on them without talking to the others.
 - **Missed** fire times (late by more than ``misfire_grace``, because no node was up) follow
-  the schedule's policy: ``skip`` none, ``latest`` only the latest (default), ``all`` all of
-  them up to ``max_catchup``. They are counted either way.
+  the schedule's policy: ``skip`` runs none of them; ``latest`` (default) runs the latest one,
+  unless an on-time fire time is due anyway; ``all`` runs them all, up to the latest
+  ``max_catchup``. They are counted either way.
 - **Overlap**: when a previous run of the schedule has not finished, a new fire time is run
   anyway (``allow``, default), dropped (``skip``), or kept waiting until the previous run ends
   (``queue``; at most one run waits).
@@ -194,7 +195,11 @@ def plan(defn: ScheduleDef, state: ScheduleState, now: float) -> FirePlan | None
     if defn.missed == "skip":
         wanted, missed = on_time, len(late)
     elif defn.missed == "latest":
-        wanted, missed = late[-1:] + on_time, max(len(late) - 1, 0)
+        # One run for what was missed: the latest fire time. An on-time one supersedes it.
+        if on_time:
+            wanted, missed = on_time, len(late)
+        else:
+            wanted, missed = late[-1:], len(late) - 1
     else:  # "all"
         kept = late[-defn.max_catchup :] if defn.max_catchup else []
         wanted, missed = kept + on_time, len(late) - len(kept)

@@ -9,15 +9,17 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import orjson
 import pytest
 
-from asyncjobs import JobState, Settings
+from asyncjobs import JobState, ScheduleNotFoundError, Settings
 from asyncjobs.app import make_store
 from asyncjobs.ids import new_id, new_ids
-from asyncjobs.store.base import NewJob, NodeInfo, Outcome, Store, StoreEvent
+from asyncjobs.schedules import ScheduleDef, make_schedule
+from asyncjobs.store.base import ClaimedJob, NewJob, NodeInfo, Outcome, Store, StoreEvent
 from tests.helpers import wait_until
 
 NOW = 1_800_000_000.0  # a fixed "now" (2027-01-15) keeps the tests independent of the clock
@@ -568,3 +570,89 @@ async def test_release_claims_gives_back_only_the_jobs_the_node_does_not_know(
     again = await store.claim(info.id, {"default": 3}, NOW)
     assert sorted(c.id for c in again) == sorted(j.id for j in jobs[1:])
     assert {c.attempt for c in again} == {1}  # an at-most-once job still gets its one run
+
+
+# -- schedules (issue 6) --
+
+
+def every_hour(name: str = "inventory", **options: Any) -> ScheduleDef:
+    template = NewJob(new_id(), "refresh", "default", 0, "queued", ARGS, 0.0, 1, None)
+    defaults: dict[str, Any] = {
+        "cron": None, "every": 3600.0, "tz": "UTC", "args": (), "kwargs": {}, "queue": None,
+        "priority": None, "missed": "latest", "max_catchup": 100, "overlap": "allow",
+        "misfire_grace": 60.0,
+    }  # fmt: skip
+    defaults.update(options)
+    return make_schedule(name, "refresh", template=template, **defaults)
+
+
+HOUR_MARK = NOW // 3600 * 3600  # a fire time of an hourly schedule
+
+
+async def runs_of(store: Store, info: NodeInfo) -> list[ClaimedJob]:
+    return await store.claim(info.id, {"default": 100}, NOW)
+
+
+async def test_racing_nodes_fire_each_fire_time_exactly_once(store: Store) -> None:
+    defn = every_hour()
+    await store.sync_schedule(defn, HOUR_MARK - 10)
+    results = await asyncio.gather(*(store.fire_schedule(defn, HOUR_MARK + 1) for _ in range(6)))
+    fired = [r for r in results if r is not None and r.runs]
+    assert len(fired) == 1  # one winner; the others found the fire time handled
+    info = await registered(store)
+    (run,) = await runs_of(store, info)
+    record = await store.get(run.id)
+    assert record is not None and record.schedule == "inventory"
+    assert record.fire_at is not None and record.fire_at.timestamp() == HOUR_MARK
+    (listed,) = await store.list_schedules()
+    assert (listed.fired, listed.missed, listed.last_fire_at) == (1, 0, HOUR_MARK)
+    assert listed.next_fire_at == HOUR_MARK + 3600
+    assert await store.fire_schedule(defn, HOUR_MARK + 2) is None  # nothing new is due
+
+
+async def test_a_paused_schedule_fires_nothing_and_resuming_skips_the_pause(store: Store) -> None:
+    defn = every_hour()
+    await store.sync_schedule(defn, HOUR_MARK - 10)
+    assert await store.pause_schedule("inventory", True, HOUR_MARK)
+    assert await store.fire_schedule(defn, HOUR_MARK + 5 * 3600) is None
+    assert await store.pause_schedule("inventory", False, HOUR_MARK + 5 * 3600 + 10)
+    assert await store.fire_schedule(defn, HOUR_MARK + 5 * 3600 + 20) is None  # no catch-up
+    done = await store.fire_schedule(defn, HOUR_MARK + 6 * 3600 + 1)
+    assert done is not None and [r.fire_at for r in done.runs] == [HOUR_MARK + 6 * 3600]
+    assert (await store.list_schedules())[0].missed == 0
+    assert not await store.pause_schedule("no-such-schedule", True, NOW)
+
+
+async def test_redeclaring_a_schedule_keeps_its_state(store: Store) -> None:
+    defn = every_hour()
+    await store.sync_schedule(defn, HOUR_MARK - 10)
+    await store.fire_schedule(defn, HOUR_MARK + 1)
+    await store.pause_schedule("inventory", True, HOUR_MARK + 2)
+    await store.sync_schedule(every_hour(missed="all"), HOUR_MARK + 3)  # a new deploy
+    (listed,) = await store.list_schedules()
+    assert listed.paused and listed.fired == 1 and listed.last_fire_at == HOUR_MARK
+    assert listed.definition["missed"] == "all"
+
+
+async def test_a_queued_run_waits_for_the_previous_one_to_end(store: Store) -> None:
+    defn = every_hour(overlap="queue")
+    await store.sync_schedule(defn, HOUR_MARK - 10)
+    await store.fire_schedule(defn, HOUR_MARK + 1)
+    info = await registered(store)
+    (first,) = await runs_of(store, info)  # running now
+    waiting = await store.fire_schedule(defn, HOUR_MARK + 3601)
+    assert waiting is not None and [r.state for r in waiting.runs] == ["waiting"]
+    skipped = await store.fire_schedule(defn, HOUR_MARK + 7201)  # one waits already
+    assert skipped is not None and skipped.runs == [] and skipped.skipped == 1
+    assert await store.release_waiting(["inventory"]) == 0  # the first is still running
+    assert await store.complete(info.id, [success(first.id)]) == []
+    assert await store.release_waiting(["inventory"]) == 1
+    (second,) = await runs_of(store, info)
+    record = await store.get(second.id)
+    assert record is not None and record.fire_at is not None
+    assert record.fire_at.timestamp() == HOUR_MARK + 3600
+
+
+async def test_firing_an_undeclared_schedule_says_so(store: Store) -> None:
+    with pytest.raises(ScheduleNotFoundError, match="'ghost'"):
+        await store.fire_schedule(every_hour("ghost"), NOW)

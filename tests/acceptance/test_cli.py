@@ -7,8 +7,13 @@ Exit statuses (cli.py): 0 ok, 1 the job or command failed, 2 usage or configurat
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import asyncpg
+import orjson
+
+from asyncjobs import App
+from tests.helpers import wait_until
 
 from .nodes import EXAMPLE_APP, NodeRunner, describe, run_cli, subprocess_env
 
@@ -123,3 +128,49 @@ async def test_node_with_an_app_module_that_does_not_exist_exits_2_with_a_senten
     assert len(message.splitlines()) == 1, describe(result)
     assert "'nope'" in message, describe(result)
     assert "--app" in message, describe(result)
+
+
+async def test_schedules_list_pause_and_resume_as_a_user_runs_them(
+    nodes: NodeRunner, producer: App, pg_dsn: str, pg_schema: str, db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    app = "tests.acceptance.schedules_app:app"
+    node_env = subprocess_env(pg_dsn, pg_schema, poll_interval_s="0.2", test_runs_dir=str(tmp_path))
+    await nodes.start(app=app, env=node_env)
+    env = subprocess_env(pg_dsn, pg_schema)
+    fired = f"SELECT count(*) FROM {pg_schema}.asyncjobs_jobs WHERE schedule = 'tick'"
+    await wait_until(lambda: _at_least(db, fired, 5), timeout=30, what="the schedule to fire")
+
+    listed = await run_cli("schedules", "list", env=env)
+    assert listed.returncode == 0, describe(listed)
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "JOB", "WHEN", "STATE"], describe(listed)
+    assert "NEXT FIRE (UTC)" in header and "LAST FIRE (UTC)" in header and "MISSED" in header
+    assert row.split()[:2] == ["tick", "note"] and "active" in row.split(), describe(listed)
+
+    paused = await run_cli("schedules", "pause", "tick", env=env)
+    assert paused.returncode == 0, describe(paused)
+    assert paused.stdout.strip() == "schedule tick paused", describe(paused)
+    after_pause = int(await db.fetchval(fired))
+    # A one-time job due 0.5 s (ten fire times) from now: once the node has run it, a
+    # schedule that still fired would have fired.
+    marker = await run_cli("enqueue", "record", "--app", app, "--delay", "0.5", "--wait", env=env)
+    assert marker.returncode == 0, describe(marker)
+    assert int(await db.fetchval(fired)) == after_pause, "a paused schedule fired"
+    (record,) = orjson.loads((await run_cli("schedules", "list", "--json", env=env)).stdout)
+    assert record["paused"] is True and record["fired"] == after_pause
+
+    resumed = await run_cli("schedules", "resume", "tick", env=env)
+    assert resumed.returncode == 0, describe(resumed)
+    await wait_until(
+        lambda: _at_least(db, fired, after_pause + 5), timeout=30, what="fires after the resume"
+    )
+
+    unknown = await run_cli("schedules", "pause", "no-such-schedule", env=env)
+    assert unknown.returncode == 2, describe(unknown)
+    assert_no_traceback(unknown.stderr)
+    assert "'no-such-schedule'" in unknown.stderr and "schedules list" in unknown.stderr
+
+
+async def _at_least(db: asyncpg.Connection, query: str, n: int) -> bool:
+    return bool(await db.fetchval(query) >= n)

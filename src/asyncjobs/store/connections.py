@@ -130,8 +130,9 @@ def translate_error(
         return StoreUnavailableError(target, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, asyncpg.InternalClientError):
         # asyncpg's view of a connection went out of step with the wire, as when the server
-        # drops it mid-statement during a restart (asyncpg issues #784, #1069). The statement
-        # did not complete; retrying on a fresh connection is the remedy.
+        # drops it mid-statement during a restart (asyncpg issues #784, #1069). Like any
+        # connection lost mid-statement, whether it took effect is unknown, which every caller
+        # already handles; the remedy is a retry on a fresh connection.
         return StoreUnavailableError(target, f"the connection broke mid-statement ({exc})")
     if isinstance(exc, asyncpg.PostgresError):
         return StoreError(f"Postgres rejected a statement: {type(exc).__name__}: {exc}")

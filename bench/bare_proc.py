@@ -28,8 +28,9 @@ import time
 import asyncpg
 
 # Spelled out rather than imported: bench.common and bench.node_proc import asyncjobs, and
-# nothing of it should be loaded (or counted in the RSS) here.
-READY_LINE = b"ready"  # bench.node_proc.READY_LINE
+# nothing of it should be loaded (or counted in the RSS) here. bench.node_proc imports from
+# this module instead (READY_LINE, stop_event), so this module must not import asyncjobs.
+READY_LINE = b"ready"
 RUNNING_LINE = b"running"
 TABLE = "asyncjobs_jobs"  # bench.common.TABLE
 
@@ -59,7 +60,8 @@ def _say(line: bytes) -> None:
     sys.stdout.flush()
 
 
-def _stop_event(*signums: int) -> asyncio.Event:
+def stop_event(*signums: int) -> asyncio.Event:
+    """An event set by any of these signals (handlers on the running loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in signums:
@@ -68,7 +70,7 @@ def _stop_event(*signums: int) -> asyncio.Event:
 
 
 async def _listen(dsn: str, schema: str, batch: int) -> None:
-    stop = _stop_event(signal.SIGTERM, signal.SIGINT)
+    stop = stop_event(signal.SIGTERM, signal.SIGINT)
     con = await asyncpg.connect(dsn)
     wake = asyncio.Event()
     started: list[tuple[str, float]] = []
@@ -98,8 +100,8 @@ async def _listen(dsn: str, schema: str, batch: int) -> None:
 
 
 async def _sleepers(n: int) -> None:
-    stop = _stop_event(signal.SIGTERM, signal.SIGINT)
-    go = _stop_event(signal.SIGUSR1)
+    stop = stop_event(signal.SIGTERM, signal.SIGINT)
+    go = stop_event(signal.SIGUSR1)
     stepped = 0
     all_stepped = asyncio.Event()
 

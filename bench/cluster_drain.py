@@ -29,7 +29,7 @@ from contextlib import AsyncExitStack
 
 import asyncpg
 
-from .common import Context, Figure, alternate, state_counts
+from .common import TABLE, Context, Figure, alternate, check_drained, no_jobs_in
 from .drain import CONCURRENCY, enqueue_backlog
 from .node_proc import NodeProcess
 
@@ -44,17 +44,14 @@ DRAIN_TIMEOUT_S = 120.0
 async def _once(dsn: str, n: int, nodes: int) -> float:
     """One drain of n jobs by ``nodes`` node processes; returns the seconds it took."""
     await enqueue_backlog(dsn, SCHEMA, n)
-    jobs_table = f"{SCHEMA}.asyncjobs_jobs"
-    done_sql = f"""
-        SELECT NOT EXISTS (SELECT 1 FROM {jobs_table} WHERE state = 'queued')
-           AND NOT EXISTS (SELECT 1 FROM {jobs_table} WHERE state = 'running')"""
+    done_sql = f"SELECT {no_jobs_in(SCHEMA, 'queued', 'running')}"
     gate = await asyncpg.connect(dsn)
     try:
         async with AsyncExitStack() as stack:
             tx = gate.transaction()
             await tx.start()
             # SHARE blocks UPDATE (the claim) but not SELECT (heartbeats read cancel requests).
-            await gate.execute(f"LOCK TABLE {jobs_table} IN SHARE MODE")
+            await gate.execute(f"LOCK TABLE {SCHEMA}.{TABLE} IN SHARE MODE")
             for _ in range(nodes):
                 await stack.enter_async_context(
                     NodeProcess(dsn, SCHEMA, concurrency=CONCURRENCY, shutdown_grace_s=0.0)
@@ -68,11 +65,9 @@ async def _once(dsn: str, n: int, nodes: int) -> float:
                     raise TimeoutError(f"{nodes} nodes did not drain {n} jobs in time")
                 await asyncio.sleep(POLL_S)
             elapsed = time.perf_counter() - t0
-        counts = await state_counts(gate, SCHEMA)
+        await check_drained(gate, SCHEMA, n)
     finally:
         await gate.close()
-    if counts != {"succeeded": n}:
-        raise RuntimeError(f"after the drain {SCHEMA} holds {counts}, not {n} succeeded")
     return elapsed
 
 
@@ -118,27 +113,15 @@ async def run(ctx: Context) -> list[Figure]:
     }
     return [
         Figure(
-            name=f"cluster_drain_{one}_node",
-            unit="jobs/s",
-            samples=[n / s for s in single],
-            target=None,
-            higher_is_better=True,
-            params=params,
-        ),
-        Figure(
-            name=f"cluster_drain_{many}_nodes",
-            unit="jobs/s",
-            samples=[n / m for m in multi],
-            target=None,
-            higher_is_better=True,
-            params=params,
-        ),
-        Figure(
-            name=f"cluster_drain_{many}_vs_{one}",
-            unit="\N{MULTIPLICATION SIGN}",  # a ratio
-            samples=[s / m for s, m in zip(single, multi, strict=True)],
-            target=None,
-            higher_is_better=True,
-            params=params,
-        ),
+            name=name, unit=unit, samples=samples, target=None, higher_is_better=True, params=params
+        )
+        for name, unit, samples in (
+            (f"cluster_drain_{one}_node", "jobs/s", [n / s for s in single]),
+            (f"cluster_drain_{many}_nodes", "jobs/s", [n / m for m in multi]),
+            (
+                f"cluster_drain_{many}_vs_{one}",
+                "\N{MULTIPLICATION SIGN}",  # a ratio
+                [s / m for s, m in zip(single, multi, strict=True)],
+            ),
+        )
     ]

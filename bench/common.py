@@ -31,6 +31,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 TABLE = "asyncjobs_jobs"  # the jobs table under the default table prefix
+NODES_TABLE = "asyncjobs_nodes"  # the nodes table, likewise
 _STATES = frozenset(
     ("scheduled", "waiting", "queued", "running", "succeeded", "failed", "cancelled", "lost")
 )
@@ -216,6 +217,32 @@ async def count_state(con: asyncpg.Connection, schema: str, state: str) -> int:
         raise ValueError(f"unknown job state {state!r}")
     value = await con.fetchval(f"SELECT count(*) FROM {schema}.{TABLE} WHERE state = '{state}'")
     return int(value)
+
+
+def no_jobs_in(schema: str, *states: str) -> str:
+    """An SQL expression, true when no job is in any of ``states``: one ``NOT EXISTS`` per
+    state, in the order given (evaluation stops at the first that is false).
+
+    The state literals (from a fixed set, as in ``count_state``) let the planner use the
+    partial indexes of queued and running jobs: each is one index probe.
+    """
+    unknown = set(states) - _STATES
+    if unknown:
+        raise ValueError(f"unknown job state {sorted(unknown)[0]!r}")
+    return " AND ".join(
+        f"NOT EXISTS (SELECT 1 FROM {schema}.{TABLE} WHERE state = '{state}')" for state in states
+    )
+
+
+async def check_drained(con: asyncpg.Connection, schema: str, n: int) -> None:
+    """Raise unless all the jobs of ``schema`` succeeded and there are ``n`` of them.
+
+    Meant for a fresh schema given exactly ``n`` jobs (``drain.enqueue_backlog``): then this
+    is the same as n succeeded and none queued or running.
+    """
+    counts = await state_counts(con, schema)
+    if counts != {"succeeded": n}:
+        raise RuntimeError(f"after the drain {schema} holds {counts}, not {n} succeeded")
 
 
 # -- timing --------------------------------------------------------------------------------------

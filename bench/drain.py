@@ -26,7 +26,16 @@ import time
 import asyncpg
 
 from . import baselines
-from .common import Context, Figure, alternate, fresh_schema, make_app, state_counts, wait_until
+from .common import (
+    TABLE,
+    Context,
+    Figure,
+    alternate,
+    check_drained,
+    fresh_schema,
+    make_app,
+    wait_until,
+)
 
 NAME = "drain"
 SCHEMA = "bench_drain"
@@ -49,7 +58,7 @@ async def enqueue_backlog(dsn: str, schema: str, n: int) -> None:
     try:
         # Fresh statistics, as autovacuum would eventually provide: the claim and complete
         # plans should not be judged on an empty-table estimate.
-        await con.execute(f"VACUUM ANALYZE {schema}.asyncjobs_jobs")
+        await con.execute(f"VACUUM ANALYZE {schema}.{TABLE}")
     finally:
         await con.close()
 
@@ -82,11 +91,9 @@ async def _bare(dsn: str, n: int) -> tuple[float, float]:
 async def _check_drained(dsn: str, schema: str, n: int) -> None:
     con = await asyncpg.connect(dsn)
     try:
-        counts = await state_counts(con, schema)
+        await check_drained(con, schema, n)
     finally:
         await con.close()
-    if counts.get("succeeded", 0) != n or counts.get("queued") or counts.get("running"):
-        raise RuntimeError(f"after the drain {schema} holds {counts}, not {n} succeeded")
 
 
 async def run(ctx: Context) -> list[Figure]:

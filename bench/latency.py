@@ -30,6 +30,7 @@ from asyncjobs import App, JobDef, JobId
 
 from . import baselines
 from .common import (
+    TABLE,
     Context,
     Figure,
     alternate,
@@ -100,7 +101,7 @@ async def _once(dsn: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
             f"SELECT id, result::text::float8 AS started,"
             f" extract(epoch FROM created_at)::float8 AS created,"
             f" extract(epoch FROM started_at)::float8 AS claimed"
-            f" FROM {SCHEMA}.asyncjobs_jobs WHERE id = ANY($1::uuid[])",
+            f" FROM {SCHEMA}.{TABLE} WHERE id = ANY($1::uuid[])",
             ids,
         )
     finally:

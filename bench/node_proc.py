@@ -26,9 +26,9 @@ from typing import Self
 
 from asyncjobs import App, Settings
 
+from .bare_proc import READY_LINE, stop_event
 from .common import REPO_ROOT, register_jobs
 
-READY_LINE = b"ready"
 START_TIMEOUT_S = 30.0
 
 
@@ -186,10 +186,7 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     app = App(settings=settings)
     register_jobs(app)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event(signal.SIGTERM, signal.SIGINT)
     await app.start()
     try:
         # app.start() returns once the LISTEN connection is up and the node has registered and

@@ -36,7 +36,7 @@ import asyncpg
 
 from asyncjobs.localpg import LocalCluster
 
-from .common import Context, Figure, fresh_schema, make_app, state_counts
+from .common import TABLE, Context, Figure, count_state, fresh_schema, make_app, state_counts
 from .fault_jobs import RUNS_DIR_ENV, read_runs
 from .node_proc import NodeProcess
 
@@ -51,18 +51,10 @@ POLL_S = 0.01
 TIMEOUT_S = 60.0
 
 
-async def _count_done(con: asyncpg.Connection) -> int:
-    # No index on succeeded jobs; a few thousand rows scan in well under a millisecond.
-    return int(
-        await con.fetchval(
-            f"SELECT count(*) FROM {SCHEMA}.asyncjobs_jobs WHERE state = 'succeeded'"
-        )
-    )
-
-
 async def _wait_done(con: asyncpg.Connection, at_least: int, started: float) -> float:
     """Poll until at least ``at_least`` jobs succeeded; returns seconds since ``started``."""
-    while (await _count_done(con)) < at_least:
+    # No index on succeeded jobs; a few thousand rows scan in well under a millisecond.
+    while (await count_state(con, SCHEMA, "succeeded")) < at_least:
         if time.perf_counter() - started > TIMEOUT_S:
             raise TimeoutError(f"fewer than {at_least} jobs succeeded within {TIMEOUT_S:g} s")
         await asyncio.sleep(POLL_S)
@@ -111,13 +103,13 @@ async def _once(cluster: LocalCluster, dsn: str, n: int, runs_dir: Path) -> dict
         wall_back = time.time()
         con = await _connect_after_restart(dsn)
         try:
-            done_when_back = await _count_done(con)
+            done_when_back = await count_state(con, SCHEMA, "succeeded")
             first_progress = await _wait_done(con, done_when_back + 1, back)
             all_done = await _wait_done(con, n, back)
             counts = await state_counts(con, SCHEMA)
             # Outcomes of jobs that ended while the server was down: buffered by the nodes.
             ended_during = await con.fetchval(
-                f"SELECT count(*) FROM {SCHEMA}.asyncjobs_jobs "
+                f"SELECT count(*) FROM {SCHEMA}.{TABLE} "
                 "WHERE finished_at BETWEEN to_timestamp($1) AND to_timestamp($2)",
                 wall_began,
                 wall_back,

@@ -33,7 +33,16 @@ from typing import Any
 
 import asyncpg
 
-from .common import Context, Figure, fresh_schema, make_app, state_counts, wait_for_count
+from .common import (
+    NODES_TABLE,
+    Context,
+    Figure,
+    fresh_schema,
+    make_app,
+    no_jobs_in,
+    state_counts,
+    wait_for_count,
+)
 from .node_proc import NodeProcess
 
 NAME = "reap"
@@ -50,14 +59,11 @@ TIMEOUT_S = 30.0
 
 async def _once(dsn: str, n: int) -> dict[str, Any]:
     await fresh_schema(dsn, SCHEMA)
-    nodes_table = f"{SCHEMA}.asyncjobs_nodes"
-    jobs_table = f"{SCHEMA}.asyncjobs_jobs"
-    # One round trip per poll for both end points. The state literals let the planner use the
-    # partial indexes of queued and running jobs.
+    nodes_table = f"{SCHEMA}.{NODES_TABLE}"
+    # One round trip per poll for both end points.
     poll_sql = f"""
         SELECT (SELECT reaped_at IS NOT NULL FROM {nodes_table} WHERE id = $1),
-               NOT EXISTS (SELECT 1 FROM {jobs_table} WHERE state = 'running')
-               AND NOT EXISTS (SELECT 1 FROM {jobs_table} WHERE state = 'queued')"""
+               {no_jobs_in(SCHEMA, "running", "queued")}"""
     producer, jobs = make_app(dsn, SCHEMA)
     await producer.start(node=False)
     con = await asyncpg.connect(dsn)
@@ -143,19 +149,12 @@ async def run(ctx: Context) -> list[Figure]:
     }
     return [
         Figure(
-            name="reap_node",
+            name=name,
             unit="s",
-            samples=[s["reaped_s"] for s in samples],
+            samples=[s[key] for s in samples],
             target=None,
             higher_is_better=False,
             params=params,
-        ),
-        Figure(
-            name="reap_jobs_settled",
-            unit="s",
-            samples=[s["settled_s"] for s in samples],
-            target=None,
-            higher_is_better=False,
-            params=params,
-        ),
+        )
+        for name, key in (("reap_node", "reaped_s"), ("reap_jobs_settled", "settled_s"))
     ]

@@ -224,8 +224,10 @@ def newest_docs(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
     return newest
 
 
-def write_markdown(order: Sequence[str], failed: Sequence[str] = ()) -> None:
-    docs = newest_docs()
+def write_markdown(
+    docs: dict[str, dict[str, Any]], order: Sequence[str], failed: Sequence[str] = ()
+) -> None:
+    """Write RESULTS.md from ``docs`` (``newest_docs``) and say so."""
     RESULTS_MD.write_text(markdown(docs, order, failed))
     stamps = {docs[n]["timestamp"] for n in docs if n not in failed}
     note = f" (figures from {len(stamps)} runs: see its Runs line)" if len(stamps) > 1 else ""
@@ -239,7 +241,7 @@ def render(
     run's JSON is written before, so its figures are the newest of their benchmarks)."""
     print(table_text(figures))
     if write:
-        write_markdown(order, failed)
+        write_markdown(newest_docs(), order, failed)
 
 
 def main() -> None:
@@ -251,7 +253,7 @@ def main() -> None:
     order = [n for n in BENCHMARKS if n in docs] + sorted(set(docs) - set(BENCHMARKS))
     print(table_text([f for n in order for f in docs[n]["figures"]]))
     if "--no-write" not in sys.argv[1:]:
-        write_markdown(list(BENCHMARKS))
+        write_markdown(docs, list(BENCHMARKS))
 
 
 if __name__ == "__main__":

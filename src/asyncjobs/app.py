@@ -242,8 +242,9 @@ class App:
                 from .node.node import Node
 
                 self._node = Node(self, store, self._settings)
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._services = asyncio.get_running_loop().create_task(self._run_services(ready))
+            loop = asyncio.get_running_loop()
+            ready: asyncio.Future[None] = loop.create_future()
+            self._services = loop.create_task(self._run_services(ready))
             await ready
         except BaseException:
             self._store = None
@@ -304,10 +305,9 @@ class App:
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop the node (draining running jobs for up to ``grace`` seconds, default
         ``shutdown_grace_s``), write what is buffered, and disconnect."""
-        if self._state != "started":
-            self._state = "stopped"
+        state, self._state = self._state, "stopped"
+        if state != "started":
             return
-        self._state = "stopped"
         try:
             if self._batcher is not None:
                 await self._batcher.drain()
@@ -365,13 +365,11 @@ class App:
         """
         self._check_started()
         assert self._batcher is not None
-        sig = Signature(
-            self._definition(job).name, args, kwargs, queue, priority, run_at, delay, unique_key
-        )
+        definition = self._definition(job)
+        sig = Signature(definition.name, args, kwargs, queue, priority, run_at, delay, unique_key)
         new = prepare(
-            sig, self._definition(sig.name), new_id(), self.clock.time(),
-            self._settings.max_payload_bytes,
-        )  # fmt: skip
+            sig, definition, new_id(), self.clock.time(), self._settings.max_payload_bytes
+        )
         return await self._batcher.submit(new)
 
     async def enqueue_many(self, signatures: Sequence[Signature]) -> list[JobId]:

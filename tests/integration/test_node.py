@@ -544,7 +544,7 @@ async def test_two_nodes_share_the_work_and_run_each_job_once(
         for job_id in ids:
             await second.result(job_id, timeout=30)
         assert sorted(probe.started) == list(range(600))  # each exactly once
-        assert first.node.claimed_total > 0 and second.node.claimed_total > 0
+        assert first.node.fetcher.claimed_total > 0 and second.node.fetcher.claimed_total > 0
     finally:
         await first.stop()
         await second.stop()

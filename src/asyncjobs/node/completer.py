@@ -9,13 +9,13 @@ flush is retried with backoff; nothing is dropped. The store fences every outcom
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import anyio
 
-from ..errors import StoreError, StoreUnavailableError
+from ..errors import StoreError
 from ..jobs import JobId
 from ..store.base import Outcome, Store
+from .store_errors import log_store_error
 
 log = logging.getLogger("asyncjobs.node")
 
@@ -29,17 +29,14 @@ class Completer:
         self,
         store: Store,
         node_id: JobId,
-        on_rejected: Callable[[list[JobId]], None] | None = None,
     ) -> None:
         self._store = store
         self.node_id = node_id  # changes when the node rejoins after being reaped
-        self._on_rejected = on_rejected
         self._buffer: list[Outcome] = []
         self._has_work = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self.flushed = 0  # outcomes written, for metrics and tests
-        self.failures = 0  # failed flush attempts
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -68,22 +65,15 @@ class Completer:
             batch = self._buffer[:MAX_FLUSH]
             try:
                 rejected = await self._store.complete(self.node_id, batch)
-            except StoreUnavailableError as exc:
-                self.failures += 1
-                log.warning(
-                    "cannot write %d job outcomes (%s); keeping them and retrying in %.2f s",
+            except StoreError as exc:
+                # Outcomes are kept whatever the error (nothing is lost while the node lives);
+                # a statement error would repeat forever, so it is logged loudly.
+                log_store_error(
+                    exc,
+                    "cannot write %d job outcomes (keeping them, retrying in %.2f s)",
                     len(self._buffer),
-                    exc.why,
                     delay,
                 )
-                await anyio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            except StoreError:
-                # A statement error would repeat forever; keep the outcomes (nothing is lost
-                # while the node lives) and make the failure loud.
-                self.failures += 1
-                log.exception("writing %d job outcomes failed; retrying", len(batch))
                 await anyio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
@@ -96,8 +86,6 @@ class Completer:
                     len(rejected),
                     ", ".join(str(j) for j in rejected[:10]),
                 )
-                if self._on_rejected is not None:
-                    self._on_rejected(rejected)
         self._idle.set()
 
     async def wait_flushed(self) -> None:

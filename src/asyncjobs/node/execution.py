@@ -19,7 +19,7 @@ import orjson
 
 from ..errors import JobTimeoutError, PayloadError
 from ..jobs import JobContext, JobDef, JobId
-from ..serialization import encode_result
+from ..serialization import decode_args, encode_result
 from ..store.base import ClaimedJob, Outcome
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
     definition = job.definition
     assert definition is not None
     try:
-        args, kwargs = orjson.loads(raw_args)
+        args, kwargs = decode_args(raw_args)
         if definition.wants_context:
             job.ctx = JobContext(
                 node.app, job.id, job.name, job.queue, job.attempt, job.max_attempts
@@ -163,10 +163,8 @@ def abandoned_outcome(node: Node, job: RunningJob) -> Outcome:
     Its task is left to finish (a coroutine cannot be killed), but its slot is freed and its
     outcome is written now; whatever the task does later is ignored.
     """
-    if job.stop_reason == STOP_SHUTDOWN:
-        return shutdown_outcome(job, node.clock.time())
-    if job.stop_reason == STOP_CANCEL:
-        return Outcome(job.id, job.attempt, "cancelled", None, None, node.clock.time(), None, None)
+    if job.stop_reason in (STOP_SHUTDOWN, STOP_CANCEL):
+        return stopped_outcome(node, job)
     definition = job.definition
     limit = (definition.timeout or definition.soft_timeout or 0.0) if definition else 0.0
     return failed_outcome(node, job, JobTimeoutError(job.name, limit, "hard"))

@@ -17,6 +17,7 @@ import anyio
 
 from ..errors import StoreError, StoreUnavailableError
 from ..store.base import ClaimedJob
+from .store_errors import log_store_error
 
 if TYPE_CHECKING:
     from .node import Node
@@ -77,11 +78,7 @@ class Fetcher:
                 except StoreError as exc:
                     if isinstance(exc, StoreUnavailableError):
                         self._claims_uncertain = True  # the claim may have committed
-                        log.warning(
-                            "cannot claim jobs (%s); retrying in %.2f s", exc.why, retry_delay
-                        )
-                    else:
-                        log.exception("claiming jobs failed; retrying in %.2f s", retry_delay)
+                    log_store_error(exc, "cannot claim jobs (retrying in %.2f s)", retry_delay)
                     await anyio.sleep(retry_delay)
                     retry_delay = min(retry_delay * 2, CLAIM_RETRY_MAX_S)
                     continue

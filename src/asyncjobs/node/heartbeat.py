@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreError, StoreUnavailableError
+from ..errors import StoreError
+from .store_errors import log_store_error
 
 if TYPE_CHECKING:
     from .node import Node
@@ -35,10 +36,7 @@ async def run_heartbeat(node: Node) -> None:
         try:
             result = await node.store.heartbeat(node.id, len(node.running))
         except StoreError as exc:
-            if isinstance(exc, StoreUnavailableError):
-                log.warning("heartbeat of node %s failed: %s", node.id, exc.why)
-            else:
-                log.exception("heartbeat of node %s failed", node.id)
+            log_store_error(exc, "heartbeat of node %s failed", node.id)
             wait = min(interval, RETRY_MIN_S if wait >= interval else wait * 2)
             continue
         wait = interval
@@ -48,7 +46,7 @@ async def run_heartbeat(node: Node) -> None:
             except StoreError as exc:
                 # Registering the new id failed: the next beat finds that id unknown (not
                 # alive) and rejoins again; the orphaned jobs were already stopped.
-                log.warning("node %s could not rejoin yet: %s", node.id, exc)
+                log_store_error(exc, "node %s could not rejoin yet", node.id)
                 wait = RETRY_MIN_S
             continue
         node.heartbeat_succeeded()

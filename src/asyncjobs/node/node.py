@@ -18,13 +18,12 @@ import math
 import os
 import socket
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ..ids import new_id
-from ..jobs import JobId
+from ..jobs import JobId, coerce_job_id
 from ..settings import Settings
 from ..store.base import ClaimedJob, NodeInfo, Outcome, Store, StoreEvent
 from .completer import Completer
@@ -71,7 +70,6 @@ class Node:
             concurrency=settings.concurrency,
         )
         self.running: dict[JobId, RunningJob] = {}
-        self.free = settings.concurrency
         self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
         self.queue_free = dict(self.queue_limit)
         self.completer = Completer(store, self.id)
@@ -80,7 +78,6 @@ class Node:
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._started = anyio.Event()
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self._shutdown_grace = settings.shutdown_grace_s
@@ -115,7 +112,6 @@ class Node:
                 services.start_soon(run_scheduler, self)
                 async with anyio.create_task_group() as fetching:
                     fetching.start_soon(self.fetcher.run)
-                    self._started.set()
                     task_status.started()
                     await self._stop.wait()
                     fetching.cancel_scope.cancel()  # stop claiming first
@@ -232,21 +228,10 @@ class Node:
 
     def _orphan(self, job: RunningJob) -> None:
         """Forget a job this node no longer owns: free its slot, write no outcome."""
-        if job.finished:
+        if not self._release(job):
             return
-        job.finished = True
-        if job.handles:
-            for handle in job.handles:
-                handle.cancel()
         if job.task is not None and not job.task.done():
-            job.task.cancel("node reaped")
-            self._abandoned.add(job.task)
-            job.task.add_done_callback(self._abandoned.discard)
-        del self.running[job.id]
-        self.free += 1
-        self.queue_free[job.queue] += 1
-        if not self.running:
-            self._idle.set()
+            self._let_go(job.task, "node reaped")
 
     # -- running jobs ----------------------------------------------------------------------------
 
@@ -255,7 +240,6 @@ class Node:
         definition = self.app.registry.get(claimed.name)
         job = RunningJob(claimed, definition)
         self.running[job.id] = job
-        self.free -= 1
         self.queue_free[job.queue] -= 1
         self._idle.clear()
         if definition is None:
@@ -268,19 +252,34 @@ class Node:
 
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
         """Record how an attempt ended and free its slot (once; later calls are ignored)."""
+        if self._release(job):
+            self.completer.add(outcome)
+            self.fetcher.slot_freed()
+
+    @property
+    def free(self) -> int:
+        """How many more jobs this node can run now."""
+        return self.settings.concurrency - len(self.running)
+
+    def _release(self, job: RunningJob) -> bool:
+        """Mark an attempt over and give back its slots; False if it already was."""
         if job.finished:
-            return
+            return False
         job.finished = True
         if job.handles:
             for handle in job.handles:
                 handle.cancel()
         del self.running[job.id]
-        self.free += 1
         self.queue_free[job.queue] += 1
-        self.completer.add(outcome)
-        self.fetcher.slot_freed()
         if not self.running:
             self._idle.set()
+        return True
+
+    def _let_go(self, task: asyncio.Task[None], msg: str | None = None) -> None:
+        """Cancel a task the node no longer waits for, keeping a reference until it ends."""
+        task.cancel(msg)
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
 
     # -- stopping jobs: cancel requests, time limits, shutdown ----------------------------------
 
@@ -324,9 +323,7 @@ class Node:
                 self.settings.cancel_grace_s,
                 job.stop_reason or "time limit",
             )
-            job.task.cancel()
-            self._abandoned.add(job.task)
-            job.task.add_done_callback(self._abandoned.discard)
+            self._let_go(job.task)
         self.finish(job, abandoned_outcome(self, job))
 
     def cancel_running(self, job_ids: list[JobId]) -> None:
@@ -343,9 +340,11 @@ class Node:
         if kind == "queue":
             self.fetcher.jobs_ready(event.value)
         elif kind == "cancel":
-            job_id = _parse_id(event.value)
-            if job_id is not None:
-                self.cancel_running([job_id])
+            try:
+                job_id = coerce_job_id(event.value)
+            except ValueError:
+                return
+            self.cancel_running([job_id])
         elif kind == "scheduled":
             try:
                 when = float(event.value)
@@ -357,26 +356,3 @@ class Node:
             # Notifications may have been missed while the connection was down.
             self.fetcher.look_everywhere()
             self.promoter.due_at(0.0)
-
-    # -- introspection ---------------------------------------------------------------------------
-
-    @property
-    def claimed_total(self) -> int:
-        return self.fetcher.claimed_total
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "node_id": str(self.id),
-            "running": len(self.running),
-            "free": self.free,
-            "claimed": self.fetcher.claimed_total,
-            "completed": self.completer.flushed,
-            "buffered_outcomes": self.completer.buffered,
-        }
-
-
-def _parse_id(value: str) -> JobId | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None

@@ -7,18 +7,16 @@ scheduled job. So a job with ``delay=2`` starts about 2 s later, not at the next
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreError, StoreUnavailableError
+from ..errors import StoreError
+from .store_errors import log_store_error
 
 if TYPE_CHECKING:
     from .node import Node
-
-log = logging.getLogger("asyncjobs.node")
 
 PROMOTE_BATCH = 1000
 
@@ -48,10 +46,7 @@ class Promoter:
                 try:
                     result = await node.store.promote_due(now, PROMOTE_BATCH)
                 except StoreError as exc:
-                    if isinstance(exc, StoreUnavailableError):
-                        log.warning("cannot promote scheduled jobs: %s", exc.why)
-                    else:
-                        log.exception("promoting scheduled jobs failed")
+                    log_store_error(exc, "cannot promote scheduled jobs")
                     self._next_due = now + poll
                     continue
                 if result.moved >= PROMOTE_BATCH:

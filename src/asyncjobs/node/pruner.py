@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import StoreError
+from .store_errors import log_store_error
 
 if TYPE_CHECKING:
     from .node import Node
@@ -32,7 +33,7 @@ async def run_pruner(node: Node) -> None:
         try:
             deleted = await prune_once(node)
         except StoreError as exc:
-            log.warning("pruning by node %s failed: %s", node.id, exc)
+            log_store_error(exc, "pruning by node %s failed", node.id)
             continue
         if deleted:
             log.info("node %s pruned %d finished jobs", node.id, deleted)

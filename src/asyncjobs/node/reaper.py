@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreError, StoreUnavailableError
+from ..clock import to_datetime
+from ..errors import StoreError
+from .store_errors import log_store_error
 
 if TYPE_CHECKING:
     from .node import Node
@@ -31,14 +32,11 @@ async def run_reaper(node: Node) -> None:
         await anyio.sleep(interval * random.uniform(0.75, 1.25))
         try:
             reaped = await node.store.reap(node.id, node.settings.node_timeout_s, REAP_BATCH)
-        except StoreUnavailableError as exc:
-            log.warning("reaper of node %s cannot reach the database: %s", node.id, exc.why)
-            continue
-        except StoreError:
-            log.exception("reaper of node %s failed", node.id)
+        except StoreError as exc:
+            log_store_error(exc, "reaper of node %s failed", node.id)
             continue
         for dead in reaped:
-            last = datetime.fromtimestamp(dead.heartbeat_at, UTC).isoformat(timespec="seconds")
+            last = to_datetime(dead.heartbeat_at).isoformat(timespec="seconds")
             log.warning(
                 "reaped node %s (last heartbeat %s): %d jobs re-queued, %d lost, %d cancelled",
                 dead.node_id, last, dead.requeued, dead.lost, dead.cancelled,

@@ -9,12 +9,13 @@ fires a fire time and the others find it handled; each node then moves on to the
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreError, StoreUnavailableError
+from ..clock import to_datetime
+from ..errors import StoreError
+from .store_errors import log_store_error
 
 if TYPE_CHECKING:
     from ..schedules import ScheduleDef
@@ -41,7 +42,7 @@ async def run_scheduler(node: Node) -> None:
             try:
                 done = await store.fire_schedule(defn, now)
             except StoreError as exc:
-                _log_failure(defn.name, exc)
+                log_store_error(exc, "cannot fire schedule %s", defn.name)
                 due_at[defn.name] = now + RETRY_S
                 continue
             if done is not None and (done.runs or done.missed or done.skipped):
@@ -59,7 +60,9 @@ async def run_scheduler(node: Node) -> None:
             try:
                 await store.release_waiting(queued)
             except StoreError as exc:
-                _log_failure(",".join(queued), exc)
+                log_store_error(
+                    exc, "cannot queue the waiting runs of schedules %s", ",".join(queued)
+                )
         wait = min(due_at.values()) - clock.time()
         await anyio.sleep(min(max(wait, 0.0), node.settings.poll_interval_s))
 
@@ -72,16 +75,9 @@ async def _sync(node: Node, schedules: list[ScheduleDef]) -> None:
                 await node.store.sync_schedule(defn, node.clock.time())
             return
         except StoreError as exc:
-            _log_failure("declarations", exc)
+            log_store_error(exc, "cannot record the schedule declarations")
             await anyio.sleep(RETRY_S)
 
 
-def _log_failure(what: str, exc: StoreError) -> None:
-    if isinstance(exc, StoreUnavailableError):
-        log.warning("cannot fire schedule %s: %s", what, exc.why)
-    else:
-        log.exception("firing schedule %s failed", what)
-
-
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    return to_datetime(ts).isoformat(timespec="seconds")

@@ -16,27 +16,26 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import orjson
 
-from .app import App
+from .app import App, make_store
+from .clock import to_datetime
 from .errors import (
     AsyncJobsError,
     ConfigurationError,
     InvalidJobOptionError,
-    JobOutcomeError,
     PayloadError,
-    ResultTimeoutError,
     ScheduleNotFoundError,
     StoreUnavailableError,
     UnknownJobError,
 )
 from .settings import Settings
-from .store.base import ScheduleRecord
+from .store.base import ScheduleRecord, Store
 
 log = logging.getLogger("asyncjobs.cli")
 
@@ -111,10 +110,16 @@ def settings_changes(args: argparse.Namespace) -> dict[str, Any]:
 # -- commands -------------------------------------------------------------------------------------
 
 
-async def cmd_node(args: argparse.Namespace) -> int:
+def _configured_app(args: argparse.Namespace) -> App:
+    """The app named by --app, with the --plugins imported and the settings flags applied."""
     app = load_app(args.app)
     import_plugins(args.plugins)
     app.configure(**settings_changes(args))
+    return app
+
+
+async def cmd_node(args: argparse.Namespace) -> int:
+    app = _configured_app(args)
     stop = anyio.Event()
     signals_seen = 0
 
@@ -160,9 +165,7 @@ async def _wait_any(*awaitables: Coroutine[Any, Any, Any]) -> None:
 
 
 async def cmd_enqueue(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
-    import_plugins(args.plugins)
-    app.configure(**settings_changes(args))
+    app = _configured_app(args)
     positional, keyword = _parse_call_args(args.args, args.kwargs)
     await app.start(node=False)
     try:
@@ -214,28 +217,27 @@ def _parse_call_args(
     return positional, keyword
 
 
-async def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = _settings_for(args)
-    from .app import make_store
-
-    store = make_store(settings)
+@asynccontextmanager
+async def _open_store(args: argparse.Namespace) -> AsyncIterator[Store]:
+    """The store the settings name, open, for commands that run no app."""
+    store = make_store(_settings_for(args))
     await store.open()
     try:
-        applied = await store.migrate()
+        yield store
     finally:
         await store.close()
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    async with _open_store(args) as store:
+        applied = await store.migrate()
     where = store.description
     print(f"applied {', '.join(applied)} to {where}" if applied else f"{where} is up to date")
     return EXIT_OK
 
 
 async def cmd_schedules(args: argparse.Namespace) -> int:
-    settings = _settings_for(args)
-    from .app import make_store
-
-    store = make_store(settings)
-    await store.open()
-    try:
+    async with _open_store(args) as store:
         if args.action == "list":
             records = await store.list_schedules()
             if args.json:
@@ -248,8 +250,6 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
             raise ScheduleNotFoundError(args.name)
         print(f"schedule {args.name} {'paused' if paused else 'resumed'}")
         return EXIT_OK
-    finally:
-        await store.close()
 
 
 def _print_schedules(records: Sequence[ScheduleRecord]) -> None:
@@ -272,7 +272,7 @@ def _print_schedules(records: Sequence[ScheduleRecord]) -> None:
 def _utc(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return to_datetime(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _settings_for(args: argparse.Namespace) -> Settings:
@@ -451,9 +451,7 @@ def run_command(
         return _fail(f"{exc}", EXIT_USAGE)  # the command was given something that cannot work
     except StoreUnavailableError as exc:
         return _fail(str(exc), EXIT_UNAVAILABLE)
-    except (JobOutcomeError, ResultTimeoutError) as exc:
-        return _fail(str(exc), EXIT_FAILED)
-    except AsyncJobsError as exc:
+    except AsyncJobsError as exc:  # a job that failed, a result that did not come, ...
         return _fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130

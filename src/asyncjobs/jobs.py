@@ -51,7 +51,6 @@ class JobState(StrEnum):
 
 
 _TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.LOST})
-ACTIVE_STATES = (JobState.SCHEDULED, JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +96,6 @@ class Retry:
 
     def retries(self, exc: BaseException) -> bool:
         return isinstance(exc, self.on)
-
-
-NO_RETRY = None
 
 
 class Signature(NamedTuple):

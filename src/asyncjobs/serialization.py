@@ -22,7 +22,6 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MiB, per payload (arguments, or a r
 # converted. UUIDs and enums still encode (to their string/value form).
 STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 STRICT_JSON |= orjson.OPT_PASSTHROUGH_SUBCLASS
-_STRICT = STRICT_JSON
 
 _HINTS = {
     "datetime": " (send dt.isoformat() and parse it in the job)",
@@ -38,7 +37,7 @@ _HINTS = {
 def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> bytes:
     """Encode a job's arguments as ``[args, kwargs]``, or raise with the offending path."""
     try:
-        data = orjson.dumps((args, kwargs), option=_STRICT)
+        data = orjson.dumps((args, kwargs), option=STRICT_JSON)
     except TypeError:
         _raise_for_first_bad_value(job, "argument", ((args, "args"), (kwargs, "kwargs")))
         raise  # pragma: no cover - the walk above always finds the bad value
@@ -51,7 +50,7 @@ def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit:
 def encode_result(job: str, value: Any, limit: int) -> bytes:
     """Encode a job's return value, or raise with the offending path."""
     try:
-        data = orjson.dumps(value, option=_STRICT)
+        data = orjson.dumps(value, option=STRICT_JSON)
     except TypeError:
         _raise_for_first_bad_value(job, "result", ((value, "result"),))
         raise  # pragma: no cover
@@ -65,16 +64,6 @@ def decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     """Decode what ``encode_args`` produced."""
     args, kwargs = orjson.loads(data)
     return args, kwargs
-
-
-def dumps(value: Any) -> bytes:
-    """Encode trusted, internal data (error records, event payloads)."""
-    return orjson.dumps(value, default=str)
-
-
-def loads(data: bytes | str) -> Any:
-    """Decode JSON."""
-    return orjson.loads(data)
 
 
 def _check_floats(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, str]]) -> None:
@@ -136,7 +125,7 @@ def _find_unencodable(value: Any, path: str) -> tuple[str, str] | None:
             return path, "int (out of the 64-bit range JSON payloads support)"
         return None
     try:
-        orjson.dumps(value, option=_STRICT)
+        orjson.dumps(value, option=STRICT_JSON)
     except TypeError:
         return path, type(value).__name__
     return None

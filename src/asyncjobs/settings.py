@@ -349,20 +349,9 @@ def _coerce(name: str, value: Any) -> Any:
         ) from None
 
 
+# The scalar settings, read from their annotations (strings, under postponed annotations), so
+# that a new int, float or bool setting is parsed from ASYNCJOBS_* without another edit here.
+_SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool}
 _FIELD_TYPES: dict[str, type] = {
-    "concurrency": int,
-    "claim_batch_size": int,
-    "pool_min_size": int,
-    "pool_max_size": int,
-    "enqueue_batch_size": int,
-    "max_payload_bytes": int,
-    "poll_interval_s": float,
-    "heartbeat_interval_s": float,
-    "node_timeout_s": float,
-    "shutdown_grace_s": float,
-    "cancel_grace_s": float,
-    "connect_timeout_s": float,
-    "retention_s": float,
-    "prune_interval_s": float,
-    "migrate_on_start": bool,
+    f.name: _SCALARS[str(f.type)] for f in dataclasses.fields(Settings) if f.type in _SCALARS
 }

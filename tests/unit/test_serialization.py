@@ -8,12 +8,13 @@ import math
 from collections import OrderedDict
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncjobs import PayloadEncodeError, PayloadTooLargeError
-from asyncjobs.serialization import decode_args, encode_args, encode_result, loads
+from asyncjobs.serialization import decode_args, encode_args, encode_result
 
 LIMIT = 64 * 1024 * 1024
 JOB = "provision"
@@ -47,7 +48,7 @@ def test_arguments_round_trip_unchanged(args: list[Any], kwargs: dict[str, Any])
 @settings(max_examples=200)
 @given(value=json_values)
 def test_results_round_trip_unchanged(value: Any) -> None:
-    assert loads(encode_result(JOB, value, LIMIT)) == value
+    assert orjson.loads(encode_result(JOB, value, LIMIT)) == value
 
 
 def test_tuples_arrive_as_lists() -> None:

@@ -16,14 +16,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
+import orjson
 
 from ..jobs import JobId, JobRecord, JobState
+from ..serialization import decode_args
 
 if TYPE_CHECKING:
     from ..schedules import FirePlan, ScheduleDef
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 PENDING_STATES = ("scheduled", "waiting", "queued")  # states a cancel ends at once
+ACTIVE_STATES = (*PENDING_STATES, "running")  # not finished
 
 
 class NewJob(NamedTuple):
@@ -242,9 +245,9 @@ class Store(Protocol):
         """Deliver events to ``handler`` until cancelled, reconnecting as needed."""
 
 
-def record_from_row(row: Any, decode: Callable[[Any], Any]) -> JobRecord:
-    """Build a ``JobRecord`` from a row with the jobs table's column names."""
-    args, kwargs = decode(row["args"])
+def record_from_row(row: Any) -> JobRecord:
+    """Build a ``JobRecord`` from a row with the jobs table's column names (payloads as bytes)."""
+    args, kwargs = decode_args(row["args"])
     result = row["result"]
     error = row["error"]
     return JobRecord(
@@ -263,8 +266,8 @@ def record_from_row(row: Any, decode: Callable[[Any], Any]) -> JobRecord:
         finished_at=row["finished_at"],
         node_id=row["node_id"],
         unique_key=row["unique_key"],
-        result=decode(result) if result is not None else None,
-        error=decode(error) if error is not None else None,
+        result=orjson.loads(result) if result is not None else None,
+        error=orjson.loads(error) if error is not None else None,
         reason=row["reason"],
         cancel_requested=row["cancel_requested"],
         schedule=row["schedule"],

@@ -12,7 +12,6 @@ import operator
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import anyio
 import asyncpg
@@ -55,10 +54,6 @@ async def no_reset(con: asyncpg.Connection) -> None:
     managed transactions (asyncpg still rolls those back), so there is nothing to reset.
     """
     return None
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 class Lane:

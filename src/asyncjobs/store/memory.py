@@ -11,19 +11,19 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
 
+from ..clock import to_datetime
 from ..errors import ScheduleNotFoundError
 from ..ids import new_ids
 from ..jobs import JobId, JobRecord, JobState
 from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from .base import (
+    ACTIVE_STATES,
     PENDING_STATES,
     TERMINAL_STATES,
     ClaimedJob,
@@ -36,9 +36,10 @@ from .base import (
     ReapedNode,
     ScheduleRecord,
     StoreEvent,
+    record_from_row,
 )
 
-_ACTIVE = frozenset(("scheduled", "waiting", "queued", "running"))
+_ACTIVE = frozenset(ACTIVE_STATES)
 
 
 @dataclass(slots=True)
@@ -130,6 +131,18 @@ class MemoryStore:
         job.state = "queued"
         heapq.heappush(self._ready.setdefault(job.queue, []), (-job.priority, job.id))
 
+    def _make_scheduled(self, job: _Job) -> None:
+        job.state = "scheduled"
+        heapq.heappush(self._scheduled, (job.run_at, job.id))
+
+    def _wake(self, queues: Iterable[str], earliest: float | None = None) -> None:
+        """Tell the nodes which queues gained ready jobs, once each, and when the earliest
+        newly scheduled job is due (as the Postgres statements' NOTIFYs do)."""
+        for queue in sorted(set(queues)):
+            self._emit("queue", queue)
+        if earliest is not None:
+            self._emit("scheduled", repr(earliest))
+
     def _end(self, job: _Job, state: str) -> None:
         job.state = state
         if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
@@ -172,13 +185,10 @@ class MemoryStore:
                 self._make_ready(job)
                 woken.add(job.queue)
             else:
-                heapq.heappush(self._scheduled, (job.run_at, job.id))
+                self._make_scheduled(job)
                 earliest = job.run_at if earliest is None else min(earliest, job.run_at)
             out.append(job.id)
-        for queue in sorted(woken):
-            self._emit("queue", queue)
-        if earliest is not None:
-            self._emit("scheduled", repr(earliest))
+        self._wake(woken, earliest)
         return out
 
     async def enqueue_bulk(self, jobs: Iterable[NewJob]) -> None:
@@ -260,7 +270,7 @@ class MemoryStore:
         woken: set[str] = set()
         for node in dead:
             node.reaped_at, node.reaped_by, node.running = now, reaper_id, 0
-            stamp = datetime.fromtimestamp(node.heartbeat_at, UTC)
+            stamp = to_datetime(node.heartbeat_at)
             reason = (
                 f"node {node.info.id} stopped heartbeating at "
                 f"{stamp.strftime('%Y-%m-%dT%H:%M:%S.')}{stamp.microsecond // 1000:03d}Z"
@@ -282,8 +292,7 @@ class MemoryStore:
                 counts[job.state] += 1
             requeued, lost, cancelled = counts["queued"], counts["lost"], counts["cancelled"]
             out.append(ReapedNode(node.info.id, node.heartbeat_at, requeued, lost, cancelled))
-        for queue in sorted(woken):
-            self._emit("queue", queue)
+        self._wake(woken)
         return out
 
     async def prune(self, retention_s: float, limit: int) -> int:
@@ -348,8 +357,7 @@ class MemoryStore:
             job.attempt -= 1
             job.node_id = job.started_at = None
             self._make_ready(job)
-        for queue in sorted({j.queue for j in released}):
-            self._emit("queue", queue)
+        self._wake(j.queue for j in released)
         return len(released)
 
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
@@ -384,17 +392,13 @@ class MemoryStore:
                 self._make_ready(job)
                 woken.add(job.queue)
             elif state == "scheduled":
-                job.state = "scheduled"
-                heapq.heappush(self._scheduled, (job.run_at, job.id))
+                self._make_scheduled(job)
                 earliest = job.run_at if earliest is None else min(earliest, job.run_at)
             elif state in TERMINAL_STATES:
                 self._end(job, state)
             else:
                 raise ValueError(f"an outcome cannot move a job to {o.state!r}")
-        for queue in sorted(woken):
-            self._emit("queue", queue)
-        if earliest is not None:
-            self._emit("scheduled", repr(earliest))
+        self._wake(woken, earliest)
         return rejected
 
     async def promote_due(self, now: float, limit: int) -> PromoteResult:
@@ -410,8 +414,7 @@ class MemoryStore:
             self._make_ready(job)
             woken.add(job.queue)
             moved += 1
-        for queue in sorted(woken):
-            self._emit("queue", queue)
+        self._wake(woken)
         # Like Postgres: the earliest scheduled job due after `now` (when the limit left due
         # jobs behind, those are not it; the caller sees moved == limit and calls again).
         next_run_at = min(
@@ -460,6 +463,7 @@ class MemoryStore:
             return None
         t = defn.template
         inserted = 0
+        woken: set[str] = set()
         for run, job_id in zip(decision.runs, new_ids(len(decision.runs)), strict=True):
             if run.fire_at in record.fires:
                 continue
@@ -471,8 +475,9 @@ class MemoryStore:
             self.jobs[job_id] = job
             if run.state == "queued":
                 self._make_ready(job)
-                self._emit("queue", job.queue)
+                woken.add(job.queue)
             inserted += 1
+        self._wake(woken)
         record.last_fire_at = decision.last_fire_at
         record.next_fire_at = decision.next_fire_at
         record.fired += inserted
@@ -483,7 +488,7 @@ class MemoryStore:
 
     async def release_waiting(self, names: Sequence[str]) -> int:
         await anyio.lowlevel.checkpoint()
-        released = 0
+        woken: list[str] = []
         for name in names:
             runs_of = [j for j in self.jobs.values() if j.schedule == name]
             if any(j.state in ("scheduled", "queued", "running") for j in runs_of):
@@ -491,27 +496,14 @@ class MemoryStore:
             for job in runs_of:
                 if job.state == "waiting":
                     self._make_ready(job)
-                    self._emit("queue", job.queue)
-                    released += 1
-        return released
+                    woken.append(job.queue)
+        self._wake(woken)
+        return len(woken)
 
     async def list_schedules(self) -> list[ScheduleRecord]:
         await anyio.lowlevel.checkpoint()
         return [
-            ScheduleRecord(
-                r.name,
-                r.job,
-                r.spec,
-                r.definition,
-                r.paused,
-                r.fired,
-                r.missed,
-                r.skipped,
-                r.last_fire_at,
-                r.next_fire_at,
-                r.created_at,
-                r.updated_at,
-            )
+            ScheduleRecord(*(getattr(r, name) for name in ScheduleRecord._fields))
             for r in sorted(self.schedules.values(), key=lambda r: r.name)
         ]
 
@@ -549,32 +541,14 @@ def _call_soon() -> Any:
     return asyncio.get_running_loop().call_soon
 
 
-def _utc(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+_COLUMNS = tuple(f.name for f in fields(_Job))
+_TIMES = ("run_at", "created_at", "started_at", "finished_at", "fire_at")
 
 
 def _record(job: _Job) -> JobRecord:
-    args, kwargs = orjson.loads(job.args)
-    return JobRecord(
-        id=job.id,
-        name=job.name,
-        queue=job.queue,
-        priority=job.priority,
-        state=JobState(job.state),
-        args=args,
-        kwargs=kwargs,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        run_at=datetime.fromtimestamp(job.run_at, UTC),
-        created_at=datetime.fromtimestamp(job.created_at, UTC),
-        started_at=_utc(job.started_at),
-        finished_at=_utc(job.finished_at),
-        node_id=job.node_id,
-        unique_key=job.unique_key,
-        result=orjson.loads(job.result) if job.result is not None else None,
-        error=orjson.loads(job.error) if job.error is not None else None,
-        reason=job.reason,
-        cancel_requested=job.cancel_requested,
-        schedule=job.schedule,
-        fire_at=_utc(job.fire_at),
-    )
+    """The job as Postgres would return it: the same columns, epoch times as datetimes."""
+    row = {name: getattr(job, name) for name in _COLUMNS}
+    for name in _TIMES:
+        if row[name] is not None:
+            row[name] = to_datetime(row[name])
+    return record_from_row(row)

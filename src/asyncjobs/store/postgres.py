@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ import anyio
 import asyncpg
 import orjson
 
+from ..clock import to_datetime
 from ..errors import ScheduleNotFoundError, StoreError
 from ..ids import id_floor, new_ids
 from ..jobs import JobId, JobRecord, JobState
@@ -43,7 +44,6 @@ from .connections import (
     init_connection,
     no_reset,
     translate_error,
-    utc,
 )
 from .migrations import apply_migrations
 from .queries import channel_name, load_queries
@@ -85,7 +85,7 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is not None:
             return
-        try:
+        async with self._errors():
             self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self.settings.pool_min_size,
@@ -95,8 +95,6 @@ class PostgresStore:
                 timeout=self.settings.connect_timeout_s,
                 server_settings={"application_name": "asyncjobs"},
             )
-        except BaseException as exc:
-            raise self._translate(exc) from exc
 
     async def _connect(self) -> asyncpg.Connection:
         con = await asyncpg.connect(
@@ -164,27 +162,19 @@ class PostgresStore:
         # them exists already (a re-sent insert), that INSERT fails whole, writing nothing, and
         # the batch goes again through the ON CONFLICT variant, which skips it.
         unique = any(j.unique_key is not None for j in jobs)
+        # A single enqueue (the common case) takes scalar parameters, not unnest arrays.
+        single = len(jobs) == 1
+        plain, keyed = (
+            ("insert_job", "insert_job_unique") if single else ("insert_jobs", "insert_jobs_unique")
+        )
+        params = tuple(jobs[0]) if single else tuple(zip(*jobs, strict=True))
         async with self._errors(), self._enqueue_lane.connection() as con:
-            if len(jobs) == 1:
-                row = None
-                if not unique:
-                    try:
-                        row = await con.fetchrow(self.q["insert_job"], *jobs[0])
-                    except asyncpg.UniqueViolationError:
-                        unique = True
-                if unique:
-                    row = await con.fetchrow(self.q["insert_job_unique"], *jobs[0])
-                if row is not None:
-                    return [jobs[0].id]
-                return await self._resolve_skipped(jobs, set())
-            cols = list(zip(*jobs, strict=True))
+            rows = None
             if not unique:
-                try:
-                    rows = await con.fetch(self.q["insert_jobs"], *cols)
-                except asyncpg.UniqueViolationError:
-                    unique = True
-            if unique:
-                rows = await con.fetch(self.q["insert_jobs_unique"], *cols)
+                with suppress(asyncpg.UniqueViolationError):  # then the ON CONFLICT variant
+                    rows = await con.fetch(self.q[plain], *params)
+            if rows is None:
+                rows = await con.fetch(self.q[keyed], *params)
         if len(rows) == len(jobs):
             return [j.id for j in jobs]
         async with self._errors():
@@ -206,7 +196,7 @@ class PostgresStore:
                     raise ValueError("enqueue_bulk cannot honour unique keys; use enqueue")
                 when = times.get(j.run_at)
                 if when is None:
-                    when = times[j.run_at] = utc(j.run_at)
+                    when = times[j.run_at] = to_datetime(j.run_at)
                 if j.state == "queued":
                     ready_queues.add(j.queue)
                 elif earliest_scheduled is None or j.run_at < earliest_scheduled:
@@ -241,18 +231,17 @@ class PostgresStore:
     async def get(self, job_id: JobId) -> JobRecord | None:
         async with self._errors():
             row = await self.pool.fetchrow(self.q["get_job"], job_id)
-        return None if row is None else record_from_row(row, orjson.loads)
+        return None if row is None else record_from_row(row)
 
     async def cancel(self, job_id: JobId, reason: str, now: float) -> JobState | None:
         async with self._errors():
-            row = await self.pool.fetchrow(self.q["cancel"], job_id, reason, now)
-        state = row["state"] if row else None
+            state = await self.pool.fetchval(self.q["cancel"], job_id, reason, now)
         return None if state is None else JobState(state)
 
     async def watch(self, job_id: JobId) -> JobRecord | None:
         async with self._errors():
             row = await self.pool.fetchrow(self.q["watch_job"], job_id)
-        return None if row is None else record_from_row(row, orjson.loads)
+        return None if row is None else record_from_row(row)
 
     # -- nodes ---------------------------------------------------------------------------------
 
@@ -342,16 +331,17 @@ class PostgresStore:
             decision = plan(defn, ScheduleState(*row), now)
             if decision is None:
                 return None
+            inserted = 0  # as the memory store counts: runs written, not runs planned
             if decision.runs:
                 t = defn.template
-                await con.execute(
+                inserted = await con.fetchval(
                     self.q["insert_runs"], defn.name, t.name, t.queue, t.priority, t.args,
                     t.max_attempts, new_ids(len(decision.runs)),
                     [r.fire_at for r in decision.runs], [r.state for r in decision.runs],
                 )  # fmt: skip
             await con.execute(
                 self.q["advance_schedule"], defn.name, decision.last_fire_at,
-                decision.next_fire_at, len(decision.runs), decision.missed, decision.skipped,
+                decision.next_fire_at, inserted, decision.missed, decision.skipped,
             )  # fmt: skip
         return decision
 
@@ -364,23 +354,8 @@ class PostgresStore:
     async def list_schedules(self) -> list[ScheduleRecord]:
         async with self._errors():
             rows = await self.pool.fetch(self.q["list_schedules"])
-        return [
-            ScheduleRecord(
-                name=r["name"],
-                job=r["job"],
-                spec=r["spec"],
-                definition=orjson.loads(r["definition"]),
-                paused=r["paused"],
-                fired=r["fired"],
-                missed=r["missed"],
-                skipped=r["skipped"],
-                last_fire_at=r["last_fire_at"],
-                next_fire_at=r["next_fire_at"],
-                created_at=r["created_at"],
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-        ]
+        # The query's columns are the record's fields, in order.
+        return [ScheduleRecord(*r)._replace(definition=orjson.loads(r["definition"])) for r in rows]
 
     async def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
         async with self._errors():

@@ -83,6 +83,8 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.registry: dict[str, JobDef[Any, Any]] = {}
         self.schedules: dict[str, ScheduleDef] = {}
+        self.preloads: list[Callable[[], Any]] = []
+        self._pool: Any = None  # ProcessPool, only when isolated jobs are declared
         self._store: Store | None = None
         self._batcher: EnqueueBatcher | None = None
         self._node: Any = None  # Node, imported lazily (the node is optional for producers)
@@ -121,7 +123,8 @@ class App:
         timeout: float | None = None,
         soft_timeout: float | None = None,
         retry: Retry | None = None,
-    ) -> Callable[[Callable[P, Awaitable[R]]], JobDef[P, R]]: ...
+        isolated: bool = False,
+    ) -> Callable[[Callable[P, Any]], JobDef[P, R]]: ...
 
     def job(
         self,
@@ -134,8 +137,9 @@ class App:
         timeout: float | None = None,
         soft_timeout: float | None = None,
         retry: Retry | None = None,
-    ) -> JobDef[P, R] | Callable[[Callable[P, Awaitable[R]]], JobDef[P, R]]:
-        """Register an ``async def`` as a job.
+        isolated: bool = False,
+    ) -> JobDef[P, R] | Callable[[Callable[P, Any]], JobDef[P, R]]:
+        """Register an ``async def`` as a job, or any function with ``isolated=True``.
 
         - ``name``: defaults to the function's name; must be unique in the app.
         - ``queue``: defaults to ``"default"``. ``priority``: higher runs first (default 0).
@@ -144,15 +148,35 @@ class App:
           up on it (it ends ``failed``, or is retried, and its slot is freed). With only one of
           them set, the other is that limit plus ``cancel_grace_s``.
         - ``retry``: ``Retry(...)`` to retry failures; the default is at most once.
+        - ``isolated``: run it in a pool worker process, never on the node's event loop: for
+          CPU-heavy or untrusted code, a plain ``def`` (or an ``async def`` that must not share
+          the loop). Its soft limit raises ``SoftTimeLimitExceeded`` inside it, its hard limit
+          kills the worker. It must be a module-level function (the zygote imports it).
         """
 
-        def register(f: Callable[P, Awaitable[R]]) -> JobDef[P, R]:
+        def register(f: Callable[P, Any]) -> JobDef[P, R]:
             return register_job(
                 self.registry, f, name=name, queue=queue, priority=priority, timeout=timeout,
-                soft_timeout=soft_timeout, retry=retry,
+                soft_timeout=soft_timeout, retry=retry, isolated=isolated,
             )  # fmt: skip
 
         return register(fn) if fn is not None else register
+
+    def preload(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Declare a preload hook: run once in the pool's zygote, before workers are forked.
+
+        Load read-only data the isolated jobs share (a model, a big table) into a module
+        global. Every worker shares those pages copy-on-write, so keep the data in a few large
+        buffers (bytes, numpy arrays, mmap) rather than millions of small Python objects, whose
+        reference counts would dirty, and so copy, their pages in every worker. Hooks run in
+        declaration order, never in the node process itself.
+        """
+        if not callable(fn) or "<" in getattr(fn, "__qualname__", "<"):
+            raise ConfigurationError(
+                "preload", fn, "a preload hook is a module-level function the zygote imports"
+            )
+        self.preloads.append(fn)
+        return fn
 
     def schedule(
         self,
@@ -231,9 +255,13 @@ class App:
             return
         if self._state == "stopped":
             raise ClosedError()
+        import_plugins(self._settings.plugins)
         store = self._store_override or make_store(self._settings)
-        await store.open()
+        if node:
+            # Before any database connection exists: nothing the zygote could inherit.
+            self._pool = await start_pool(self._settings, self.registry, self.preloads)
         try:
+            await store.open()
             if self._settings.migrate_on_start:
                 await store.migrate()
             self._store = store
@@ -241,7 +269,7 @@ class App:
             if node:
                 from .node.node import Node
 
-                self._node = Node(self, store, self._settings)
+                self._node = Node(self, store, self._settings, self._pool)
             loop = asyncio.get_running_loop()
             ready: asyncio.Future[None] = loop.create_future()
             self._services = loop.create_task(self._run_services(ready))
@@ -250,8 +278,14 @@ class App:
             self._store = None
             self._node = None
             await store.close()
+            await self._close_pool()
             raise
         self._state = "started"
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def _run_services(self, ready: asyncio.Future[None]) -> None:
         try:
@@ -321,6 +355,7 @@ class App:
                 await asyncio.wait([services])
         finally:
             self._waiters.wake_all()
+            await self._close_pool()
             store, self._store = self._store, None
             if store is not None:
                 await store.close()
@@ -487,6 +522,38 @@ class App:
             self._waiters.wake_all()
         if self._node is not None:
             self._node.on_event(event)
+
+
+def import_plugins(modules: Sequence[str]) -> None:
+    """Import the plug-in modules named in the settings, so that their jobs register."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError(
+                "plugins",
+                name,
+                f"the module cannot be imported ({exc}); check its name and "
+                "that its package is installed or in the current directory",
+            ) from None
+
+
+async def start_pool(
+    settings: Settings, registry: Mapping[str, JobDef[Any, Any]], preloads: list[Any]
+) -> Any:
+    """Start the process pool if the app declares isolated jobs; None otherwise."""
+    from .pool.config import pool_config
+
+    config = pool_config(settings, registry, preloads)
+    if config is None:
+        return None
+    from .pool.pool import ProcessPool
+
+    pool = ProcessPool(config)
+    await pool.start()
+    return pool
 
 
 def make_store(settings: Settings) -> Store:

@@ -253,3 +253,44 @@ class JobTimeoutError(AsyncJobsError, TimeoutError):
         self.limit = limit
         self.kind = kind
         super().__init__(f"job {name!r} exceeded its {kind} time limit of {limit:g} s")
+
+
+class JobInterrupted(AsyncJobsError):
+    """Raised inside an isolated job that the node asked to stop (see the subclasses)."""
+
+
+class SoftTimeLimitExceeded(JobInterrupted):
+    """Raised inside an isolated job at its soft time limit, so it can clean up and stop.
+
+    If it has not ended by the hard limit, its worker process is killed.
+    """
+
+
+class CancelRequested(JobInterrupted):
+    """Raised inside an isolated job whose cancel was requested; it ends ``cancelled``.
+
+    If it has not ended after ``cancel_grace_s``, its worker process is killed.
+    """
+
+
+class WorkerCrashedError(AsyncJobsError):
+    """The pool worker running the job died (a crash, a signal, or a resource limit)."""
+
+    def __init__(self, name: str, how: str) -> None:
+        self.job_name = name
+        self.how = how
+        super().__init__(
+            f"the pool worker running job {name!r} {how}; only this job is affected and the "
+            "worker was replaced"
+        )
+
+
+class IsolationError(AsyncJobsError):
+    """Something an isolated job cannot do: its worker process has no database access."""
+
+
+# -- the process pool --------------------------------------------------------------------------
+
+
+class PoolError(AsyncJobsError):
+    """The process pool could not start or keep its zygote running."""

@@ -1,7 +1,8 @@
 """The job model: states, retry policy, job definitions, signatures, records, and the context.
 
-See DESIGN §3. A job definition is an ``async def``; it runs on the node's event loop as one
-task. Delivery is *at most once* unless the job declares ``retry=Retry(...)``.
+See DESIGN §3. A job definition is an ``async def``, which runs on the node's event loop as one
+task, or a function declared ``isolated=True``, which runs in a pool worker process (see
+``asyncjobs.pool``). Delivery is *at most once* unless the job declares ``retry=Retry(...)``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
-from .errors import ConfigurationError, JobDefinitionError
+from .errors import ConfigurationError, IsolationError, JobDefinitionError
 
 if TYPE_CHECKING:
     from .app import App
@@ -160,8 +161,10 @@ class JobDef(Generic[P, R]):
         timeout: float | None,
         soft_timeout: float | None,
         retry: Retry | None,
+        isolated: bool = False,
     ) -> None:
         self.fn = fn
+        self.isolated = isolated
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -169,7 +172,7 @@ class JobDef(Generic[P, R]):
         self.soft_timeout = soft_timeout
         self.retry = retry
         self.max_attempts = retry.attempts if retry else 1
-        self.wants_context = _wants_context(fn)
+        self.wants_context = wants_context(fn)
         self.__wrapped__ = fn
         self.__name__ = getattr(fn, "__name__", name)
         self.__qualname__ = getattr(fn, "__qualname__", name)
@@ -196,13 +199,14 @@ def register_job(
     timeout: float | None,
     soft_timeout: float | None,
     retry: Retry | None,
+    isolated: bool = False,
 ) -> JobDef[P, R]:
     """Validate a declaration and add it to ``registry`` (what ``App.job`` does)."""
     job_name = name if name is not None else getattr(fn, "__name__", repr(fn))
     job_queue = queue if queue is not None else "default"
     validate_job_options(
         job_name, fn, queue=job_queue, priority=priority, timeout=timeout,
-        soft_timeout=soft_timeout, retry=retry,
+        soft_timeout=soft_timeout, retry=retry, isolated=isolated,
     )  # fmt: skip
     existing = registry.get(job_name)
     if existing is not None and existing.fn is not fn:
@@ -213,7 +217,7 @@ def register_job(
         )
     definition = JobDef(
         fn, name=job_name, queue=job_queue, priority=priority, timeout=timeout,
-        soft_timeout=soft_timeout, retry=retry,
+        soft_timeout=soft_timeout, retry=retry, isolated=isolated,
     )  # fmt: skip
     registry[job_name] = definition
     return definition
@@ -232,16 +236,21 @@ def validate_job_options(
     timeout: float | None,
     soft_timeout: float | None,
     retry: Retry | None,
+    isolated: bool = False,
 ) -> None:
     """Raise ``JobDefinitionError`` for a declaration that cannot run."""
     from .settings import check_queue_name, check_seconds
 
-    if not inspect.iscoroutinefunction(fn):
+    if isolated is not True and isolated is not False:
+        raise JobDefinitionError(str(name), f"isolated={isolated!r} is not True or False")
+    if isolated:
+        _check_importable(str(name), fn)
+    elif not inspect.iscoroutinefunction(fn):
         raise JobDefinitionError(
             name,
             "it is a plain function, and a plain function would block the event loop that runs "
-            "every other job. Make it `async def`, or run blocking work with "
-            "`await anyio.to_thread.run_sync(...)` inside an async job.",
+            "every other job. Make it `async def`, or declare it `@app.job(isolated=True)` to "
+            "run it in a pool worker process (for CPU-heavy or untrusted code).",
         )
     if not isinstance(name, str) or not 1 <= len(name) <= 200:
         raise JobDefinitionError(str(name), "a job name is a string of 1 to 200 characters")
@@ -268,7 +277,20 @@ def validate_job_options(
         raise JobDefinitionError(name, f"retry={retry!r} is not a Retry(...) policy")
 
 
-def _wants_context(fn: Callable[..., Any]) -> bool:
+def _check_importable(name: str, fn: Callable[..., Any]) -> None:
+    """An isolated job is found again in the zygote by module and name: it must be reachable."""
+    if not callable(fn):
+        raise JobDefinitionError(name, f"{fn!r} is not a function")
+    qualname = getattr(fn, "__qualname__", "")
+    if not qualname or "<" in qualname:
+        raise JobDefinitionError(
+            name,
+            f"an isolated job must be a module-level function, and {qualname or fn!r} is "
+            "defined inside another function: the pool's zygote imports it by module and name",
+        )
+
+
+def wants_context(fn: Callable[..., Any]) -> bool:
     """True when the first parameter is annotated ``JobContext``."""
     params = list(inspect.signature(fn).parameters.values())
     if not params:
@@ -335,9 +357,15 @@ class JobContext:
     )
 
     def __init__(
-        self, app: App, job_id: JobId, name: str, queue: str, attempt: int, max_attempts: int
+        self,
+        app: App | None,
+        job_id: JobId,
+        name: str,
+        queue: str,
+        attempt: int,
+        max_attempts: int,
     ) -> None:
-        self._app = app
+        self._app = app  # None in a pool worker, which has no database access
         self.job_id = job_id
         self.job_name = name
         self.queue = queue
@@ -367,12 +395,27 @@ class JobContext:
         return self._logger
 
     async def enqueue(self, job: str | JobDef[Any, Any], *args: Any, **kwargs: Any) -> JobId:
-        """Enqueue a follow-up job (same options as ``App.enqueue``)."""
-        return await self._app.enqueue(job, *args, **kwargs)
+        """Enqueue a follow-up job (same options as ``App.enqueue``).
+
+        Not available to isolated jobs (``IsolationError``): a pool worker has no database.
+        """
+        return await self._require_app("enqueue").enqueue(job, *args, **kwargs)
 
     async def wait_for(self, job_id: JobId, timeout: float | None = None) -> Any:
-        """Wait for another job to finish and return its result (as ``App.result``)."""
-        return await self._app.result(job_id, timeout=timeout)
+        """Wait for another job to finish and return its result (as ``App.result``).
+
+        Not available to isolated jobs (``IsolationError``): a pool worker has no database.
+        """
+        return await self._require_app("wait_for").result(job_id, timeout=timeout)
+
+    def _require_app(self, what: str) -> App:
+        if self._app is None:
+            raise IsolationError(
+                f"job {self.job_name!r} runs isolated in a pool worker, which has no database "
+                f"access, so ctx.{what}() is not available. Return a value instead, and let a "
+                "coroutine job (or a workflow) act on it."
+            )
+        return self._app
 
     def __repr__(self) -> str:
         return f"<JobContext {self.job_name!r} {self.job_id} attempt={self.attempt}>"

@@ -37,6 +37,16 @@ POOL_MAX_SIZE = 10
 ENQUEUE_BATCH_SIZE = 1000  # most concurrent enqueue() calls coalesced into one INSERT
 RETENTION_S = 7 * 24 * 3600.0  # finished jobs are kept this long, then pruned
 PRUNE_INTERVAL_S = 60.0  # each node looks for jobs to prune this often
+# The process pool for isolated jobs. Sizes are explicit, never derived from the core count.
+WORKERS_MIN = 1  # warm workers kept even when idle
+WORKERS_MAX = 4  # most worker processes, so most isolated jobs running at once
+WORKER_IDLE_TIMEOUT_S = 60.0  # a worker idle this long is stopped (down to workers_min)
+ZYGOTE_START_TIMEOUT_S = 300.0  # imports plus preload hooks (a big model takes a while)
+MAX_JOBS_PER_WORKER = 1000  # a worker is replaced after about this many jobs (+/-10%)
+MAX_WORKER_USS_BYTES = 512 * 1024 * 1024  # private memory after which a worker is replaced
+WORKER_ADDRESS_SPACE_BYTES = 4 * 1024**3  # RLIMIT_AS: a job allocating more gets MemoryError
+WORKER_CPU_SECONDS = 3600  # RLIMIT_CPU over a worker's life; it retires at half
+WORKER_OPEN_FILES = 1024  # RLIMIT_NOFILE
 
 ENV_PREFIX = "ASYNCJOBS_"
 # Variables under the prefix that are not settings: read by the CLI, and ASYNCJOBS_TEST_* by
@@ -50,6 +60,8 @@ _QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 _MAX_SECONDS = 365 * 24 * 3600.0  # a year: beyond that a duration is a typo, not a plan
 _MAX_CONCURRENCY = 1_000_000
 _MAX_SCHEMA_AND_PREFIX = 63 - len(".events")  # the channel is "<schema>.<prefix>events"
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # fullmatch
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +96,32 @@ class Settings:
     retention_s: float = RETENTION_S
     """Finished jobs older than this are deleted, in small batches, by any node."""
     prune_interval_s: float = PRUNE_INTERVAL_S
+    plugins: tuple[str, ...] = ()
+    """Modules imported when the app starts, so that the jobs they declare register
+    (``--plugins plugins_example.cpu,plugins_example.model``)."""
+    workers_min: int = WORKERS_MIN
+    """Pool worker processes kept warm for isolated jobs, even when idle."""
+    workers_max: int = WORKERS_MAX
+    """Most pool worker processes, and so most isolated jobs running at once on a node."""
+    worker_idle_timeout_s: float = WORKER_IDLE_TIMEOUT_S
+    zygote_start_timeout_s: float = ZYGOTE_START_TIMEOUT_S
+    max_jobs_per_worker: int = MAX_JOBS_PER_WORKER
+    max_worker_uss_bytes: int = MAX_WORKER_USS_BYTES
+    """A worker whose private memory (USS, not RSS) passes this is replaced after its job;
+    0 turns the check off."""
+    worker_address_space_bytes: int = WORKER_ADDRESS_SPACE_BYTES
+    """RLIMIT_AS of each worker (0: inherit). Counts the shared preload too."""
+    worker_cpu_seconds: int = WORKER_CPU_SECONDS
+    """RLIMIT_CPU of each worker (0: inherit). A worker retires once it used half."""
+    worker_open_files: int = WORKER_OPEN_FILES
+    worker_processes: int = 0
+    """RLIMIT_NPROC of each worker (0: inherit). Counts every process of the worker's user,
+    and is not enforced for root: set ``worker_user`` too when the node runs as root."""
+    worker_user: str = ""
+    """Run workers as this user when the node runs as root (empty: the node's user)."""
+    worker_env: tuple[str, ...] = ()
+    """Names of extra environment variables passed to the zygote and workers. Everything
+    else (the DSN and any secret) is withheld; ``ASYNCJOBS_*`` names are refused."""
     migrate_on_start: bool = True
     """``App.start()`` applies pending migrations (idempotent; several processes may race).
     Turn off where the app's database user may not change the schema, and run
@@ -95,6 +133,9 @@ class Settings:
         if not (isinstance(self.queues, tuple) and all(isinstance(q, tuple) for q in self.queues)):
             # Accept "a,b=5", {"a": None, "b": 5} and ["a", ("b", 5)] as well as the tuple form.
             object.__setattr__(self, "queues", _coerce("queues", self.queues))
+        for name in _LIST_FIELDS:
+            if not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, _coerce(name, getattr(self, name)))
         self.validate()
 
     # -- construction ----------------------------------------------------------------------
@@ -193,6 +234,7 @@ class Settings:
                 f"it must be at least twice heartbeat_interval_s ({self.heartbeat_interval_s:g}"
                 " s), or live nodes would be reaped between two heartbeats",
             )
+        self._validate_pool()
         if not self.queues:
             raise ConfigurationError("queues", self.queues, "a node needs at least one queue")
         seen: set[str] = set()
@@ -203,6 +245,42 @@ class Settings:
             seen.add(name)
             if limit is not None:
                 _check_int(f"queues[{name!r}]", limit, 1, _MAX_CONCURRENCY)
+
+    def _validate_pool(self) -> None:
+        for module in self.plugins:
+            if not isinstance(module, str) or not _MODULE_RE.fullmatch(module):
+                raise ConfigurationError(
+                    "plugins", module, "expected dotted module names, like plugins_example.cpu"
+                )
+        _check_int("workers_min", self.workers_min, 0, 1000)
+        _check_int("workers_max", self.workers_max, 1, 1000)
+        if self.workers_min > self.workers_max:
+            raise ConfigurationError(
+                "workers_min",
+                self.workers_min,
+                f"it is larger than workers_max ({self.workers_max})",
+            )
+        check_seconds("worker_idle_timeout_s", self.worker_idle_timeout_s)
+        check_seconds("zygote_start_timeout_s", self.zygote_start_timeout_s)
+        _check_int("max_jobs_per_worker", self.max_jobs_per_worker, 1, 1_000_000_000)
+        _check_off_or_at_least("max_worker_uss_bytes", self.max_worker_uss_bytes, 16 * 1024**2)
+        _check_off_or_at_least(
+            "worker_address_space_bytes", self.worker_address_space_bytes, 256 * 1024**2
+        )
+        _check_off_or_at_least("worker_cpu_seconds", self.worker_cpu_seconds, 1)
+        _check_int("worker_open_files", self.worker_open_files, 16, 1_048_576)
+        _check_off_or_at_least("worker_processes", self.worker_processes, 1)
+        if not isinstance(self.worker_user, str):
+            raise ConfigurationError("worker_user", self.worker_user, "expected a user name")
+        for name in self.worker_env:
+            if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+                raise ConfigurationError("worker_env", name, "expected environment variable names")
+            if name.upper().startswith(ENV_PREFIX):
+                raise ConfigurationError(
+                    "worker_env",
+                    name,
+                    "asyncjobs' own variables (the DSN among them) never reach pool workers",
+                )
 
     # -- helpers used by the node ------------------------------------------------------------
 
@@ -289,6 +367,13 @@ def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:
         raise ConfigurationError(name, value, "more than a year is surely a typo")
 
 
+def _check_off_or_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(name, value, "expected a whole number")
+    if value != 0 and not low <= value <= 2**62:
+        raise ConfigurationError(name, value, f"use 0 (no limit) or at least {low:,}")
+
+
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(name, value, "expected a whole number")
@@ -329,6 +414,9 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, Mapping):
             return tuple(value.items())
         return tuple((q, None) if isinstance(q, str) else tuple(q) for q in value)
+    if name in _LIST_FIELDS:
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if not isinstance(value, str):
         return value
     kind = _FIELD_TYPES.get(name)
@@ -348,6 +436,8 @@ def _coerce(name: str, value: Any) -> Any:
             name, value, f"expected {'true or false' if kind is bool else kind.__name__}"
         ) from None
 
+
+_LIST_FIELDS = frozenset({"plugins", "worker_env"})  # "a,b" in the environment and on the CLI
 
 # The scalar settings, read from their annotations (strings, under postponed annotations), so
 # that a new int, float or bool setting is parsed from ASYNCJOBS_* without another edit here.

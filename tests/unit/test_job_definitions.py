@@ -56,8 +56,35 @@ def test_plain_function_is_refused_with_the_reason() -> None:
     assert "'resize'" in message
     assert "block the event loop" in message
     assert "async def" in message
-    assert "to_thread" in message
+    assert "isolated=True" in message
     assert app.registry == {}
+
+
+def test_plain_function_is_accepted_as_an_isolated_job() -> None:
+    app, _ = memory_app()
+    definition = app.job(isolated=True)(_module_level_cpu_job)
+    assert definition.isolated and app.registry["_module_level_cpu_job"] is definition
+
+
+def test_isolated_job_defined_inside_a_function_is_refused_as_the_zygote_cannot_import_it() -> None:
+    app, _ = memory_app()
+
+    def nested(x: int) -> int:
+        return x
+
+    with pytest.raises(JobDefinitionError) as info:
+        app.job(isolated=True)(nested)
+    assert "module-level function" in str(info.value) and "zygote" in str(info.value)
+
+
+def test_isolated_must_be_a_bool() -> None:
+    app, _ = memory_app()
+    with pytest.raises(JobDefinitionError, match="isolated='yes'"):
+        app.job(isolated="yes")(_module_level_cpu_job)  # type: ignore[call-overload]
+
+
+def _module_level_cpu_job(x: int) -> int:
+    return x * x
 
 
 def test_an_async_function_is_registered_under_its_name_with_defaults() -> None:

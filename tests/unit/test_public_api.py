@@ -84,6 +84,16 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         {"name": "resize"},
     ),
     (errors.UnknownJobError("x", ["a", "b"]), ["'x'", "a, b"], {"name": "x"}),
+    (errors.JobInterrupted("the node asked the job to stop"), ["stop"], {}),
+    (errors.SoftTimeLimitExceeded(), ["soft time limit"], {}),
+    (errors.CancelRequested(), ["cancel"], {}),
+    (
+        errors.WorkerCrashedError("resize", "was killed by SIGSEGV"),
+        ["'resize'", "SIGSEGV", "replaced"],
+        {"job_name": "resize", "how": "was killed by SIGSEGV"},
+    ),
+    (errors.IsolationError("an isolated job has no database access"), ["database"], {}),
+    (errors.PoolError(), ["process pool"], {}),
     (errors.PayloadError(), ["payload"], {}),
     (
         errors.PayloadEncodeError("send", "argument", "kwargs['to']", "set", " (send a list)"),

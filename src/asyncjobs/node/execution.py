@@ -23,6 +23,7 @@ from ..serialization import decode_args, encode_result
 from ..store.base import ClaimedJob, Outcome
 
 if TYPE_CHECKING:
+    from ..pool.handle import WorkerHandle
     from .node import Node
 
 MAX_TRACEBACK_CHARS = 32_000  # keep error payloads small; the end of a traceback matters most
@@ -50,6 +51,7 @@ class RunningJob:
         "queue",
         "stop_reason",
         "task",
+        "worker",
     )
 
     def __init__(self, claimed: ClaimedJob, definition: JobDef[Any, Any] | None) -> None:
@@ -64,6 +66,7 @@ class RunningJob:
         self.stop_reason: str | None = None
         self.handles: list[asyncio.TimerHandle] | None = None
         self.finished = False
+        self.worker: WorkerHandle | None = None  # isolated jobs: the pool worker running it
 
 
 async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
@@ -120,12 +123,20 @@ def error_payload(exc: BaseException) -> bytes:
 
 def failed_outcome(node: Node, job: RunningJob, exc: BaseException) -> Outcome:
     """Failed for good, or re-queued after a backoff if the job's retry policy allows."""
-    now = node.clock.time()
-    error = error_payload(exc)
     retry = job.definition.retry if job.definition else None
-    if retry is not None and job.attempt < job.max_attempts and retry.retries(exc):
+    retryable = retry is not None and retry.retries(exc)
+    return failure_outcome(node, job, error_payload(exc), type(exc).__name__, retryable)
+
+
+def failure_outcome(
+    node: Node, job: RunningJob, error: bytes, type_name: str, retryable: bool
+) -> Outcome:
+    """``failed``, or re-queued after the policy's backoff if retryable with attempts left."""
+    now = node.clock.time()
+    retry = job.definition.retry if job.definition else None
+    if retry is not None and retryable and job.attempt < job.max_attempts:
         delay = retry.delay(job.attempt)
-        reason = f"attempt {job.attempt} of {job.max_attempts} raised {type(exc).__name__}"
+        reason = f"attempt {job.attempt} of {job.max_attempts} raised {type_name}"
         state = "scheduled" if delay > 0 else "queued"
         return Outcome(job.id, job.attempt, state, None, error, now, now + delay, reason)
     return Outcome(job.id, job.attempt, "failed", None, error, now, None, None)

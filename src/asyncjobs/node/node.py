@@ -24,6 +24,7 @@ import anyio
 
 from ..ids import new_id
 from ..jobs import JobId, coerce_job_id
+from ..pool.worker import CANCEL_SIGNAL, SOFT_SIGNAL
 from ..settings import Settings
 from ..store.base import ClaimedJob, NodeInfo, Outcome, Store, StoreEvent
 from .completer import Completer
@@ -39,6 +40,7 @@ from .execution import (
 )
 from .fetcher import Fetcher
 from .heartbeat import run_heartbeat
+from .isolated import execute_isolated
 from .promoter import Promoter
 from .pruner import run_pruner
 from .reaper import run_reaper
@@ -46,6 +48,7 @@ from .scheduler import run_scheduler
 
 if TYPE_CHECKING:
     from ..app import App
+    from ..pool.pool import ProcessPool
 
 log = logging.getLogger("asyncjobs.node")
 
@@ -53,10 +56,13 @@ log = logging.getLogger("asyncjobs.node")
 class Node:
     """Runs an app's coroutine jobs. Created and driven by ``App.start()`` / ``asyncjobs node``."""
 
-    def __init__(self, app: App, store: Store, settings: Settings) -> None:
+    def __init__(
+        self, app: App, store: Store, settings: Settings, pool: ProcessPool | None = None
+    ) -> None:
         from .. import __version__
 
         self.app = app
+        self.pool = pool  # runs the isolated jobs, if the app declares any
         self.store = store
         self.settings = settings
         self.clock = app.clock
@@ -246,7 +252,8 @@ class Node:
             self.finish(job, unknown_job_outcome(self, claimed))
             return
         loop = asyncio.get_running_loop()
-        job.task = loop.create_task(execute(self, job, claimed.args))
+        run = execute_isolated if definition.isolated else execute
+        job.task = loop.create_task(run(self, job, claimed.args))
         if definition.soft_timeout is not None or definition.timeout is not None:
             self._arm_deadlines(job, loop)
 
@@ -298,14 +305,27 @@ class Node:
         job.handles = handles
 
     def _stop_job(self, job: RunningJob, reason: str) -> None:
-        """Cancel a job's task, remembering why; abandon it if it ignores that for too long."""
+        """Cancel a job's task, remembering why; abandon it if it ignores that for too long.
+
+        An isolated job that has a worker is told by a signal instead, which raises inside it;
+        at its hard limit its worker is killed at once.
+        """
         if job.finished or job.task is None:
             return
         if job.stop_reason is None or reason == STOP_CANCEL:
             job.stop_reason = reason
         if reason == STOP_CANCEL and job.ctx is not None:
             job.ctx._cancel_requested = True
-        job.task.cancel(reason)
+        worker = job.worker
+        if worker is None:
+            job.task.cancel(reason)
+        elif reason == STOP_TIMEOUT:
+            self._abandon(job)
+            return
+        else:
+            worker.signal(SOFT_SIGNAL if reason == STOP_SOFT_TIMEOUT else CANCEL_SIGNAL)
+            if reason == STOP_SOFT_TIMEOUT and job.definition and job.definition.timeout:
+                return  # the hard limit, already armed, kills the worker
         grace_handle = asyncio.get_running_loop().call_later(
             self.settings.cancel_grace_s, self._abandon, job
         )
@@ -314,7 +334,13 @@ class Node:
     def _abandon(self, job: RunningJob) -> None:
         if job.finished:
             return
-        if job.task is not None and not job.task.done():
+        if job.worker is not None:
+            log.error(
+                "isolated job %s (%s) did not stop (%s); killing its worker process %d",
+                job.name, job.id, job.stop_reason or "time limit", job.worker.pid,
+            )  # fmt: skip
+            job.worker.kill()  # its task sees the worker die, and the pool replaces it
+        elif job.task is not None and not job.task.done():
             log.error(
                 "job %s (%s) did not stop within %g s of being asked (%s); abandoning it: its "
                 "slot is freed and its outcome recorded, whatever it does later is ignored",

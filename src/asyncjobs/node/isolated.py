@@ -1,0 +1,127 @@
+"""Running an isolated job in a pool worker, and turning its reply into an ``Outcome``.
+
+The job's task on the node only waits: for a worker, then for the worker's reply. Stopping
+it (cancel, time limits, shutdown) signals the worker rather than cancelling the task; see
+``Node._stop_job``. The outcome follows DESIGN §10: a worker that dies mid-job fails only that
+job (retried if the job's policy has attempts left, whatever exception types it names), and
+the pool replaces the worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import PoolError, WorkerCrashedError
+from ..pool.handle import WorkerDied
+from ..store.base import Outcome
+from .execution import (
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    RunningJob,
+    abandoned_outcome,
+    failed_outcome,
+    failure_outcome,
+    stopped_outcome,
+)
+
+if TYPE_CHECKING:
+    from .node import Node
+
+# What a worker reports when the node's stop signal raised inside the job.
+INTERRUPTED = frozenset(
+    {"asyncjobs.errors.SoftTimeLimitExceeded", "asyncjobs.errors.CancelRequested"}
+)
+
+
+async def execute_isolated(node: Node, job: RunningJob, raw_args: bytes) -> None:
+    """The body of an isolated job's task: get a worker, run the job there, report."""
+    pool = node.pool
+    assert pool is not None and job.definition is not None
+    try:
+        worker = await pool.acquire()
+    except asyncio.CancelledError:
+        node.finish(job, stopped_outcome(node, job))
+        return
+    except (PoolError, WorkerDied, OSError, TimeoutError) as exc:
+        node.finish(job, failed_outcome(node, job, exc))
+        return
+    job.worker = worker
+    if job.stop_reason is not None or job.finished:  # stopped while it waited for a worker
+        pool.release(worker)
+        node.finish(job, stopped_outcome(node, job))
+        return
+    header = {
+        "op": "run", "id": str(job.id), "name": job.name, "queue": job.queue,
+        "attempt": job.attempt, "max_attempts": job.max_attempts,
+    }  # fmt: skip
+    try:
+        reply, body = await pool.call(worker, header, raw_args)
+    except WorkerDied as died:
+        pool.discard(worker)
+        node.finish(job, died_outcome(node, job, died.how))
+        return
+    except BaseException:
+        # Abandoned by the node (its outcome is already written): the worker must not go on.
+        worker.kill()
+        pool.discard(worker)
+        raise
+    outcome = reply_outcome(node, job, reply, body)
+    if outcome is None:
+        worker.kill()
+        pool.discard(worker)
+        outcome = failed_outcome(
+            node, job, WorkerCrashedError(job.name, "sent a reply that is not valid JSON")
+        )
+    else:
+        pool.release(worker, retire=bool(reply.get("retire")))
+    node.finish(job, outcome)
+
+
+def reply_outcome(
+    node: Node, job: RunningJob, reply: dict[str, Any], body: bytes
+) -> Outcome | None:
+    """The outcome a worker's reply describes; None if the reply cannot be trusted."""
+    if reply["op"] == "ok":
+        try:
+            orjson.loads(body)  # stored as jsonb: a worker's bytes are checked, never trusted
+        except orjson.JSONDecodeError:
+            return None
+        now = node.clock.time()
+        result = None if body == b"null" else body
+        return Outcome(job.id, job.attempt, "succeeded", result, None, now, None, None)
+    if reply["op"] != "error":
+        return None
+    type_name = str(reply.get("type", "Exception"))
+    if job.stop_reason is not None and type_name in INTERRUPTED:
+        return stopped_outcome(node, job)
+    error = orjson.dumps(
+        {
+            "type": type_name,
+            "message": str(reply.get("message", ""))[:MAX_MESSAGE_CHARS],
+            "traceback": str(reply.get("traceback", ""))[-MAX_TRACEBACK_CHARS:],
+        }
+    )
+    mro = reply.get("mro")
+    names = set(mro) if isinstance(mro, list) else {type_name}
+    retry = job.definition.retry if job.definition else None
+    retryable = retry is not None and any(_qualified(t) in names for t in retry.on)
+    return failure_outcome(node, job, error, type_name, retryable)
+
+
+def died_outcome(node: Node, job: RunningJob, how: str) -> Outcome:
+    """The worker died mid-job: killed by the node on purpose, or crashed."""
+    if job.stop_reason is not None:
+        return abandoned_outcome(node, job)
+    exc = WorkerCrashedError(job.name, how)
+    error = orjson.dumps({"type": "asyncjobs.errors.WorkerCrashedError", "message": str(exc),
+                          "traceback": ""})  # fmt: skip
+    return failure_outcome(node, job, error, "WorkerCrashedError", retryable=True)
+
+
+def _qualified(kind: type) -> str:
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"

@@ -1,0 +1,39 @@
+"""How much memory a process really uses, from ``/proc/<pid>/smaps_rollup``.
+
+RSS counts every page a process maps, shared or not, so forty workers sharing a 500 MB preload
+would each "use" 500 MB. What matters is:
+
+- USS (unique set size): pages only this process holds, ``Private_Clean + Private_Dirty``.
+  It is what killing the process gives back, and what ``max_worker_uss_bytes`` limits.
+- PSS (proportional set size): each page divided by the number of processes sharing it. The
+  PSS of all processes adds up to what they use together.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class MemoryUse(NamedTuple):
+    rss: int
+    pss: int
+    uss: int
+
+
+def memory_use(pid: int) -> MemoryUse | None:
+    """RSS, PSS and USS of ``pid`` in bytes; None if the process is gone."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                key, _, rest = line.partition(b":")
+                if key in _WANTED:
+                    fields[key.decode()] = int(rest.split()[0]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    uss = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    uss += fields.get("Private_Hugetlb", 0)
+    return MemoryUse(fields.get("Rss", 0), fields.get("Pss", 0), uss)
+
+
+_WANTED = frozenset({b"Rss", b"Pss", b"Private_Clean", b"Private_Dirty", b"Private_Hugetlb"})

@@ -1,0 +1,164 @@
+"""The loop a pool worker runs: receive a job, run it, send back a result or an error.
+
+A worker runs one job at a time, in its main thread. The node stops a job with a signal:
+SIGUSR1 raises ``SoftTimeLimitExceeded`` and SIGUSR2 raises ``CancelRequested`` inside the
+job, at its next Python instruction. Only while a job runs: a signal that arrives between jobs
+is ignored. A job that ignores them is killed (SIGKILL) by the node.
+
+The worker never touches a database; its only channel is its socket. It exits with
+``os._exit`` so that nothing inherited from the zygote (atexit hooks, buffered files of the
+plug-ins) runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import resource
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from ..errors import CancelRequested, SoftTimeLimitExceeded
+from ..jobs import JobContext, coerce_job_id
+from ..serialization import decode_args, encode_result
+from .frames import FrameError, encode_frame, recv_frame
+from .sandbox import child_processes
+
+SOFT_SIGNAL = signal.SIGUSR1
+CANCEL_SIGNAL = signal.SIGUSR2
+MAX_TRACEBACK_CHARS = 32_000
+MAX_MESSAGE_CHARS = 4_000
+
+
+class _Job:
+    armed = False  # a job is running: a stop signal may raise inside it
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    if not _Job.armed:
+        return
+    if signum == CANCEL_SIGNAL:
+        raise CancelRequested("the job's cancel was requested")
+    raise SoftTimeLimitExceeded("the job reached its soft time limit")
+
+
+class Worker:
+    """State of one worker process (only ever built inside the forked child)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        jobs: dict[str, tuple[Callable[..., Any], bool]],
+        max_payload: int,
+        cpu_seconds: int | None,
+    ) -> None:
+        self.sock = sock
+        self.jobs = jobs
+        self.max_payload = max_payload
+        self.cpu_seconds = cpu_seconds
+        self.pid = os.getpid()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def serve(self) -> None:
+        signal.signal(SOFT_SIGNAL, _on_stop_signal)
+        signal.signal(CANCEL_SIGNAL, _on_stop_signal)
+        self.sock.sendall(encode_frame({"op": "ready", "pid": self.pid}))
+        while True:
+            try:
+                frame = recv_frame(self.sock, self.max_payload + 1024)
+            except (FrameError, OSError):
+                os._exit(71)
+            if frame is None:
+                os._exit(0)  # the node closed our socket: retire
+            header, body = frame
+            if header["op"] != "run":
+                os._exit(0)
+            reply = self.run(header, body)
+            if os.getpid() != self.pid:
+                os._exit(0)  # a process the job forked got here: it must not speak for us
+            self.sock.sendall(reply)
+
+    def run(self, header: dict[str, Any], body: bytes) -> bytes:
+        name = header.get("name", "?")
+        try:
+            fn, wants_context = self.jobs[name]
+            args, kwargs = decode_args(body)
+            if wants_context:
+                args.insert(0, _context(header))
+            try:
+                _Job.armed = True
+                value = fn(*args, **kwargs)
+                if inspect.iscoroutine(value):
+                    value = self._run_coroutine(value)
+            finally:
+                _Job.armed = False
+            data = encode_result(name, value, self.max_payload)
+        except BaseException as exc:
+            if os.getpid() != self.pid:
+                os._exit(0)
+            return encode_frame(self._error(exc))
+        return encode_frame({"op": "ok", "retire": self._should_retire()}, data)
+
+    def _run_coroutine(self, coro: Any) -> Any:
+        # One loop per worker, reused: an isolated async job gets its own loop, not the node's.
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop.run_until_complete(coro)
+
+    def _error(self, exc: BaseException) -> dict[str, Any]:
+        kind = type(exc)
+        return {
+            "op": "error",
+            "type": _qualified(kind),
+            "mro": [_qualified(k) for k in kind.__mro__],
+            "message": str(exc)[:MAX_MESSAGE_CHARS],
+            "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:],
+            "retire": self._should_retire() or not isinstance(exc, Exception),
+        }
+
+    def _should_retire(self) -> bool:
+        """Leave after this job if it left processes behind, or used half the CPU budget
+        (RLIMIT_CPU counts a process's whole life, so the next job must have room)."""
+        if child_processes(self.pid):
+            return True
+        if self.cpu_seconds is not None:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return usage.ru_utime + usage.ru_stime > self.cpu_seconds / 2
+        return False
+
+
+def _context(header: dict[str, Any]) -> JobContext:
+    return JobContext(
+        None,
+        coerce_job_id(header["id"]),
+        header["name"],
+        header.get("queue", "default"),
+        int(header.get("attempt", 1)),
+        int(header.get("max_attempts", 1)),
+    )
+
+
+def _qualified(kind: type) -> str:
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def run_worker(
+    sock: socket.socket,
+    jobs: dict[str, tuple[Callable[..., Any], bool]],
+    max_payload: int,
+    cpu_seconds: int | None,
+) -> None:
+    """Serve jobs until told to stop; never returns."""
+    try:
+        Worker(sock, jobs, max_payload, cpu_seconds).serve()
+    except BaseException:
+        traceback.print_exc(file=sys.stderr)
+    os._exit(70)

@@ -26,7 +26,7 @@ from asyncjobs.localpg import (
     reachable,
 )
 
-from . import app
+from . import app, cpu, model
 
 PRIVATE_CLUSTER = Path(__file__).resolve().parent.parent / ".asyncjobs" / "pg"
 
@@ -55,7 +55,11 @@ async def choose_dsn() -> str:
 async def main(once: bool) -> int:
     dsn = await choose_dsn()
     schema = os.environ.get("ASYNCJOBS_SCHEMA", "asyncjobs_demo")
-    app.configure(dsn=dsn, schema=schema, concurrency=50, shutdown_grace_s=5.0)
+    # CPU-heavy jobs get their own queue, sized to the process pool (2 workers).
+    app.configure(
+        dsn=dsn, schema=schema, concurrency=50, shutdown_grace_s=5.0, queues="default,cpu=2",
+        workers_min=1, workers_max=2,
+    )  # fmt: skip
     stop = anyio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -70,6 +74,8 @@ async def main(once: bool) -> int:
             "flaky, retried": await app.enqueue(failing.flaky),
             "too slow (1 s limit)": await app.enqueue(failing.too_slow),
             "delayed by 2 s": await app.enqueue(io.sleep, 0.1, delay=2),
+            "CPU, in a worker": await app.enqueue(cpu.hash_chain, 200_000),
+            "model lookup": await app.enqueue(model.model_lookup, 1234, 8),
         }
         ids = await app.enqueue_many([io.sleep.s(0.2) for _ in range(1000)])
         print(f"demo: enqueued {len(jobs)} example jobs and 1,000 short sleeps (one COPY)")

@@ -329,7 +329,7 @@ def _add_app_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--plugins",
         help="extra modules to import, comma-separated, "
-        "so that their jobs register (e.g. plugins_example.io)",
+        "so that their jobs register (e.g. plugins_example.cpu,plugins_example.model)",
     )
 
 

@@ -27,6 +27,10 @@ OUTCOME_LINES = {
         r"^\s*too slow \(1 s limit\)\s+failed after 1 attempt\(s\): .*too_slow.*time limit"
     ),
     "a delayed job runs": r"^\s*delayed by 2 s\s+succeeded: 0\.1$",
+    "a CPU job runs in a pool worker": r"^\s*CPU, in a worker\s+succeeded: '[0-9a-f]{64}'$",
+    "a query is answered from the preloaded model": (
+        r"^\s*model lookup\s+succeeded: '[0-9a-f]{16}'$"
+    ),
     "the bulk jobs finish": r"^\s*1,000 short sleeps\s+finished \(sampled 10/10 succeeded\)$",
 }
 
@@ -58,4 +62,4 @@ async def test_demo_once_exits_0_and_prints_the_outcome_of_each_example_job(
         jobs = await con.fetchval(f"SELECT count(*) FROM {pg_schema}.asyncjobs_jobs")
     finally:
         await con.close()
-    assert jobs == 1006, "the demo did not use the database it was given"
+    assert jobs == 1008, "the demo did not use the database it was given"

@@ -31,6 +31,8 @@ from . import (
     enqueue_sequential,
     latency,
     pg_restart,
+    pool,
+    pool_memory,
     reap,
     report,
 )
@@ -56,6 +58,8 @@ BENCHMARKS: dict[str, ModuleType] = {
         reap,
         cluster_drain,
         pg_restart,
+        pool,
+        pool_memory,
     )
 }
 REPEATS = 3

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -24,14 +26,20 @@ from .nodes import NodeRunner, subprocess_env
 PLUGINS = "plugins_example.cpu,plugins_example.misbehaving"
 
 
-def producer_app(settings: Settings) -> App:
-    """An app that knows the plug-ins' job names and queues (it never runs them)."""
-    app = App(settings=settings.replace(workers_min=0))
+@asynccontextmanager
+async def producer_app(settings: Settings) -> AsyncIterator[App]:
+    """An app that knows the plug-ins' job names and queues, started without a node: it never
+    runs them, and must not reap the node under test by its own (shorter) node timeout."""
+    app = App(settings=settings)
     for module in (cpu, misbehaving):
         for definition in module.app.registry.values():
             if definition.isolated and definition.fn.__module__ == module.__name__:
                 app.job(isolated=True, name=definition.name, queue=definition.queue)(definition.fn)
-    return app
+    await app.start(node=False)
+    try:
+        yield app
+    finally:
+        await app.stop()
 
 
 def proc_stat(pid: int) -> tuple[str, int] | None:

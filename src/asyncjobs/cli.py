@@ -24,6 +24,7 @@ import anyio
 import orjson
 
 from .app import App, make_store
+from .app import import_plugins as _import_plugins
 from .clock import to_datetime
 from .errors import (
     AsyncJobsError,
@@ -88,14 +89,10 @@ def load_app(spec: str | None) -> App:
 
 def import_plugins(spec: str | None) -> None:
     """Import extra modules (``--plugins a.b,c.d``) so their jobs register on the app."""
-    for raw in (spec or "").split(","):
-        name = raw.strip()
-        if not name:
-            continue
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            raise CliError(f"cannot import plug-in module {name!r}: {exc}") from None
+    try:
+        _import_plugins([name.strip() for name in (spec or "").split(",") if name.strip()])
+    except ConfigurationError as exc:
+        raise CliError(f"cannot import plug-in module {exc.value!r}: {exc.why}") from None
 
 
 def settings_changes(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,7 +7,11 @@ wrapped at the store boundary with ``raise ... from exc`` so the cause stays vis
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
+
+MAX_MESSAGE_CHARS = 4_000  # keep stored errors small; the end of a traceback matters most
+MAX_TRACEBACK_CHARS = 32_000
 
 
 class AsyncJobsError(Exception):
@@ -294,3 +298,22 @@ class IsolationError(AsyncJobsError):
 
 class PoolError(AsyncJobsError):
     """The process pool could not start or keep its zygote running."""
+
+
+# -- describing an error for storage -------------------------------------------------------------
+
+
+def qualified_name(kind: type) -> str:
+    """``ValueError`` for builtins, ``package.module.Class`` for everything else."""
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def describe_error(exc: BaseException) -> dict[str, str]:
+    """A job's error as stored: its type, message and traceback, each cut to its limit."""
+    return {
+        "type": qualified_name(type(exc)),
+        "message": str(exc)[:MAX_MESSAGE_CHARS],
+        "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:],
+    }

@@ -12,12 +12,11 @@ shutdown, and the outcome follows the table in DESIGN §10.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import JobTimeoutError, PayloadError
+from ..errors import JobTimeoutError, PayloadError, describe_error
 from ..jobs import JobContext, JobDef, JobId
 from ..serialization import decode_args, encode_result
 from ..store.base import ClaimedJob, Outcome
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from ..pool.handle import WorkerHandle
     from .node import Node
 
-MAX_TRACEBACK_CHARS = 32_000  # keep error payloads small; the end of a traceback matters most
-MAX_MESSAGE_CHARS = 4_000
 
 # Reasons a node stops a job itself. The values are stored as the job's `reason`.
 STOP_CANCEL = "cancel requested"
@@ -105,20 +102,7 @@ async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
 
 
 def error_payload(exc: BaseException) -> bytes:
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    tb = "".join(traceback.format_exception(exc))
-    return orjson.dumps(
-        {
-            "type": name,
-            "message": str(exc)[:MAX_MESSAGE_CHARS],
-            "traceback": tb[-MAX_TRACEBACK_CHARS:],
-        }
-    )
+    return orjson.dumps(describe_error(exc))
 
 
 def failed_outcome(node: Node, job: RunningJob, exc: BaseException) -> Outcome:

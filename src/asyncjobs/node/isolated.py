@@ -14,12 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import PoolError, WorkerCrashedError
+from ..errors import (
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    PoolError,
+    WorkerCrashedError,
+    qualified_name,
+)
 from ..pool.handle import WorkerDied
 from ..store.base import Outcome
 from .execution import (
-    MAX_MESSAGE_CHARS,
-    MAX_TRACEBACK_CHARS,
     RunningJob,
     abandoned_outcome,
     failed_outcome,
@@ -107,7 +111,7 @@ def reply_outcome(
     mro = reply.get("mro")
     names = set(mro) if isinstance(mro, list) else {type_name}
     retry = job.definition.retry if job.definition else None
-    retryable = retry is not None and any(_qualified(t) in names for t in retry.on)
+    retryable = retry is not None and any(qualified_name(t) in names for t in retry.on)
     return failure_outcome(node, job, error, type_name, retryable)
 
 
@@ -119,9 +123,3 @@ def died_outcome(node: Node, job: RunningJob, how: str) -> Outcome:
     error = orjson.dumps({"type": "asyncjobs.errors.WorkerCrashedError", "message": str(exc),
                           "traceback": ""})  # fmt: skip
     return failure_outcome(node, job, error, "WorkerCrashedError", retryable=True)
-
-
-def _qualified(kind: type) -> str:
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"

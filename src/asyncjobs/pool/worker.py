@@ -24,7 +24,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..errors import CancelRequested, SoftTimeLimitExceeded
+from ..errors import CancelRequested, SoftTimeLimitExceeded, describe_error, qualified_name
 from ..jobs import JobContext, coerce_job_id
 from ..serialization import decode_args, encode_result
 from .frames import FrameError, encode_frame, recv_frame
@@ -32,8 +32,6 @@ from .sandbox import has_children
 
 SOFT_SIGNAL = signal.SIGUSR1
 CANCEL_SIGNAL = signal.SIGUSR2
-MAX_TRACEBACK_CHARS = 32_000
-MAX_MESSAGE_CHARS = 4_000
 
 
 class _Job:
@@ -112,13 +110,10 @@ class Worker:
         return self.loop.run_until_complete(coro)
 
     def _error(self, exc: BaseException) -> dict[str, Any]:
-        kind = type(exc)
         return {
             "op": "error",
-            "type": _qualified(kind),
-            "mro": [_qualified(k) for k in kind.__mro__],
-            "message": str(exc)[:MAX_MESSAGE_CHARS],
-            "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:],
+            **describe_error(exc),
+            "mro": [qualified_name(k) for k in type(exc).__mro__],
             "retire": self._should_retire() or not isinstance(exc, Exception),
         }
 
@@ -140,12 +135,6 @@ def _context(header: dict[str, Any]) -> JobContext:
         int(header.get("attempt", 1)),
         int(header.get("max_attempts", 1)),
     )
-
-
-def _qualified(kind: type) -> str:
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def run_worker(

@@ -14,6 +14,7 @@ from .errors import (
     CancelRequested,
     ClosedError,
     ConfigurationError,
+    DependencyNotFoundError,
     InvalidJobOptionError,
     IsolationError,
     JobCancelledError,
@@ -39,11 +40,25 @@ from .errors import (
     StoreUnavailableError,
     UnknownJobError,
     WorkerCrashedError,
+    WorkflowError,
+    WorkflowNotFoundError,
 )
 from .jobs import JobContext, JobDef, JobId, JobRecord, JobState, Retry, Signature
 from .schedules import ScheduleDef
 from .settings import Settings
 from .store.memory import MemoryStore
+from .workflows import (
+    Chain,
+    Chord,
+    Group,
+    Step,
+    Workflow,
+    WorkflowId,
+    WorkflowStatus,
+    chain,
+    chord,
+    group,
+)
 
 try:
     __version__ = version("asyncjobs")
@@ -54,9 +69,13 @@ __all__ = [
     "App",
     "AsyncJobsError",
     "CancelRequested",
+    "Chain",
+    "Chord",
     "Clock",
     "ClosedError",
     "ConfigurationError",
+    "DependencyNotFoundError",
+    "Group",
     "InvalidJobOptionError",
     "IsolationError",
     "JobCancelledError",
@@ -88,10 +107,19 @@ __all__ = [
     "Settings",
     "Signature",
     "SoftTimeLimitExceeded",
+    "Step",
     "StoreError",
     "StoreUnavailableError",
     "SystemClock",
     "UnknownJobError",
     "WorkerCrashedError",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowId",
+    "WorkflowNotFoundError",
+    "WorkflowStatus",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 ]

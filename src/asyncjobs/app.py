@@ -24,12 +24,15 @@ from .enqueue import EnqueueBatcher, with_retries
 from .errors import (
     ClosedError,
     ConfigurationError,
+    InvalidJobOptionError,
+    JobCancelledError,
     JobNotFoundError,
     NotStartedError,
     ResultTimeoutError,
     ScheduleDefinitionError,
     StoreUnavailableError,
     UnknownJobError,
+    WorkflowNotFoundError,
 )
 from .ids import new_id, new_ids
 from .jobs import (
@@ -48,6 +51,16 @@ from .results import ResultWaiters, result_of
 from .schedules import DEFAULT_MAX_CATCHUP, DEFAULT_MISFIRE_GRACE_S, ScheduleDef, make_schedule
 from .settings import MEMORY_DSN, Settings
 from .store.base import Store, StoreEvent
+from .workflows import (
+    MAX_FAILURES_SHOWN,
+    Item,
+    Workflow,
+    WorkflowId,
+    WorkflowStatus,
+    build,
+    prepare_workflow,
+    status_from,
+)
 
 log = logging.getLogger("asyncjobs")
 
@@ -388,6 +401,7 @@ class App:
         queue: str | None = None,
         priority: int | None = None,
         unique_key: str | None = None,
+        after: Sequence[JobId | str] | None = None,
         **kwargs: Any,
     ) -> JobId:
         """Enqueue one job and return its id once it is durably stored.
@@ -395,17 +409,38 @@ class App:
         ``run_at`` (an aware datetime) or ``delay`` (seconds or a timedelta) schedule it for
         later. ``queue`` and ``priority`` override the job's own. With ``unique_key``, if an
         unfinished job already holds that key, nothing is inserted and its id is returned.
-        Bad arguments raise before anything is written. Concurrent calls are coalesced into
-        one INSERT per round trip.
+        With ``after`` (job ids), it waits until every one of those jobs has succeeded, and
+        is cancelled (``upstream_failed``) if one fails. Bad arguments raise before anything
+        is written. Concurrent calls are coalesced into one INSERT per round trip.
         """
-        self._check_started()
+        sig = Signature(self._definition(job).name, args, kwargs, queue, priority, run_at,
+                        delay, unique_key)  # fmt: skip
+        return await self._enqueue(sig, after, None)
+
+    async def _enqueue(
+        self, sig: Signature, after: Sequence[JobId | str] | None, workflow_id: JobId | None
+    ) -> JobId:
+        store = self._check_started()
         assert self._batcher is not None
-        definition = self._definition(job)
-        sig = Signature(definition.name, args, kwargs, queue, priority, run_at, delay, unique_key)
+        definition = self._definition(sig.name)
         new = prepare(
             sig, definition, new_id(), self.clock.time(), self._settings.max_payload_bytes
         )
-        return await self._batcher.submit(new)
+        if after is None:
+            return await self._batcher.submit(new)
+        if isinstance(after, str | bytes) or not isinstance(after, Sequence):
+            raise InvalidJobOptionError(sig.name, "after", after, "use a list of job ids")
+        try:
+            deps = [coerce_job_id(d) for d in after]
+        except ValueError as exc:
+            raise InvalidJobOptionError(sig.name, "after", after, str(exc)) from None
+        if not deps:
+            return await self._batcher.submit(new)
+        if sig.unique_key is not None:
+            raise InvalidJobOptionError(
+                sig.name, "unique_key", sig.unique_key, "a job with after= cannot have one"
+            )
+        return await with_retries(partial(store.enqueue_after, new, deps, workflow_id=workflow_id))
 
     async def enqueue_many(self, signatures: Sequence[Signature]) -> list[JobId]:
         """Enqueue many jobs in one transaction (all or none) and return their ids in order.
@@ -432,6 +467,76 @@ class App:
             for sig, job_id in zip(items, ids, strict=True)
         ]
         return await with_retries(partial(store.enqueue, jobs))
+
+    # -- workflows ---------------------------------------------------------------------------
+
+    async def submit(self, workflow: Workflow | Item, *, name: str | None = None) -> WorkflowId:
+        """Submit a workflow (a ``Workflow``, chain, group, chord or signature) and return its
+        id once every step and edge is stored, in one transaction.
+
+        The whole workflow is validated first: an unknown job, an argument that does not
+        encode, a dependency on a missing key or a cycle raises ``WorkflowError`` naming the
+        step, and nothing is written. Steps with dependencies wait; the rest start at once.
+        """
+        store = self._check_started()
+        wf = build(workflow, name)
+        new = prepare_workflow(
+            wf, self._definition, self.clock.time(), self._settings.max_payload_bytes
+        )
+        # A retry after a lost connection writes nothing twice: the workflow's id is fixed.
+        await with_retries(partial(store.submit_workflow, new))
+        return new.id
+
+    async def workflow_status(self, workflow_id: WorkflowId | str) -> WorkflowStatus:
+        """Counts of the workflow's jobs per state, its state, and the steps that failed."""
+        store = self._check_started()
+        wid = coerce_job_id(workflow_id)
+        info = await store.workflow_info(wid)
+        if info is None:
+            raise WorkflowNotFoundError(wid)
+        failures = await store.workflow_failures(wid, MAX_FAILURES_SHOWN)
+        return status_from(info, failures)
+
+    async def cancel_workflow(
+        self, workflow_id: WorkflowId | str, *, reason: str = "workflow cancelled"
+    ) -> WorkflowStatus:
+        """Cancel every step not finished: waiting and queued ones at once, running ones as
+        ``cancel`` does. Returns the status after the request."""
+        store = self._check_started()
+        wid = coerce_job_id(workflow_id)
+        if await store.workflow_info(wid) is None:
+            raise WorkflowNotFoundError(wid)
+        await store.cancel_workflow(wid, reason, self.clock.time())
+        return await self.workflow_status(wid)
+
+    async def workflow_result(
+        self, workflow_id: WorkflowId | str, *, timeout: float | None = None
+    ) -> Any:
+        """Wait for the workflow's last steps and return their result: the last step's of a
+        chain or chord, a list (in order) if several steps end it, as a group does. Raises as
+        ``result`` does for the first of those steps that did not succeed."""
+        store = self._check_started()
+        wid = coerce_job_id(workflow_id)
+        info = await store.workflow_info(wid)
+        if info is None:
+            raise WorkflowNotFoundError(wid)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        results = []
+        for sink in info.sinks:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                results.append(await self.result(sink, timeout=left))
+            except JobCancelledError as exc:
+                if exc.reason not in ("upstream_failed", "upstream_cancelled"):
+                    raise
+                # Report the cause, not its echo: the first step that failed upstream.
+                for failure in await store.workflow_failures(wid, 1):
+                    record = await store.get(failure.id)
+                    if record is not None:
+                        result_of(record)
+                raise
+        return results[0] if len(results) == 1 else results
 
     def _definition(self, job: str | JobDef[Any, Any]) -> JobDef[Any, Any]:
         if isinstance(job, JobDef):

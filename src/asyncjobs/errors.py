@@ -8,6 +8,7 @@ wrapped at the store boundary with ``raise ... from exc`` so the cause stays vis
 from __future__ import annotations
 
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 MAX_MESSAGE_CHARS = 4_000  # keep stored errors small; the end of a traceback matters most
@@ -129,6 +130,48 @@ class InvalidJobOptionError(AsyncJobsError, ValueError):
         self.option = option
         self.value = value
         super().__init__(f"cannot enqueue job {job!r} with {option}={value!r}: {why}")
+
+
+# -- workflows and dependencies ---------------------------------------------------------------
+
+
+class WorkflowError(AsyncJobsError, ValueError):
+    """A workflow cannot be submitted as built: a cycle, an unknown job, a bad argument...
+
+    ``step`` names the offending step (its key, or the job name and position); ``why`` says
+    what is wrong. Raised before anything is written.
+    """
+
+    def __init__(self, step: str | None, why: str) -> None:
+        self.step = step
+        self.why = why
+        where = f"step {step!r} of the workflow" if step is not None else "the workflow"
+        super().__init__(f"cannot submit workflow: {where}: {why}")
+
+
+class WorkflowNotFoundError(AsyncJobsError, LookupError):
+    """No workflow has this id."""
+
+    def __init__(self, workflow_id: object) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"no workflow with id {workflow_id} exists (it may have been pruned after the "
+            "retention period, or the id is not a workflow's: `app.submit` returns it)"
+        )
+
+
+class DependencyNotFoundError(AsyncJobsError, LookupError):
+    """A job was enqueued to run after a job that does not exist."""
+
+    def __init__(self, job: str, missing: Sequence[object]) -> None:
+        self.job = job
+        self.missing = list(missing)
+        shown = ", ".join(str(m) for m in missing[:5])
+        super().__init__(
+            f"cannot enqueue job {job!r} after {shown}: no job with "
+            f"{'this id' if len(missing) == 1 else 'these ids'} exists (pruned, or never "
+            "enqueued). Pass the ids that enqueue, enqueue_many or submit returned."
+        )
 
 
 # -- the store ---------------------------------------------------------------------------------

@@ -115,6 +115,16 @@ class Signature(NamedTuple):
     run_at: datetime | None = None
     delay: timedelta | float | None = None
     unique_key: str | None = None
+    # In a workflow: True (``job.si(...)``) keeps the parent's result out of its arguments.
+    immutable: bool = False
+
+    def __or__(self, other: Any) -> Any:
+        """``a | b`` is ``chain(a, b)``: ``b`` runs after ``a``, with its result."""
+        from .workflows import Chain, chain
+
+        if isinstance(other, Chain):
+            return Chain((self, *other.steps))
+        return chain(self, other)
 
     def set(
         self,
@@ -184,6 +194,10 @@ class JobDef(Generic[P, R]):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this job with these arguments (a JobContext is added at run time)."""
         return Signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a workflow it does not receive its parent's result."""
+        return Signature(self.name, args, kwargs, immutable=True)
 
     def __repr__(self) -> str:
         return f"<JobDef {self.name!r} queue={self.queue!r}>"
@@ -331,6 +345,8 @@ class JobRecord:
     cancel_requested: bool = False
     schedule: str | None = None  # the schedule that fired it, if any
     fire_at: datetime | None = None  # and the fire time it ran for
+    workflow_id: uuid.UUID | None = None  # the workflow it is a step of, if any
+    step: str | None = None  # and its key there
 
     @property
     def is_finished(self) -> bool:
@@ -354,6 +370,7 @@ class JobContext:
         "job_name",
         "max_attempts",
         "queue",
+        "workflow_id",
     )
 
     def __init__(
@@ -364,8 +381,10 @@ class JobContext:
         queue: str,
         attempt: int,
         max_attempts: int,
+        workflow_id: uuid.UUID | None = None,
     ) -> None:
         self._app = app  # None in a pool worker, which has no database access
+        self.workflow_id = workflow_id  # the workflow this job is a step of, if any
         self.job_id = job_id
         self.job_name = name
         self.queue = queue
@@ -394,12 +413,40 @@ class JobContext:
             )
         return self._logger
 
-    async def enqueue(self, job: str | JobDef[Any, Any], *args: Any, **kwargs: Any) -> JobId:
+    async def enqueue(
+        self,
+        job: str | JobDef[Any, Any],
+        /,
+        *args: Any,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        unique_key: str | None = None,
+        after: Sequence[JobId | str] | None = None,
+        **kwargs: Any,
+    ) -> JobId:
         """Enqueue a follow-up job (same options as ``App.enqueue``).
+
+        With ``after`` (job ids, this job's own included), the new job waits for those jobs
+        to succeed; enqueued by a workflow step, it joins that workflow, so the workflow is
+        not finished until it is. Not available to isolated jobs (``IsolationError``): a pool
+        worker has no database.
+        """
+        app = self._require_app("enqueue")
+        name = app._definition(job).name
+        sig = Signature(name, args, kwargs, queue, priority, run_at, delay, unique_key)
+        return await app._enqueue(sig, after, self.workflow_id if after else None)
+
+    async def parent_results(self) -> dict[str, Any]:
+        """The results of the jobs this one ran after, in order, keyed by step key (a
+        workflow step) or by job id (a job enqueued with ``after=``).
 
         Not available to isolated jobs (``IsolationError``): a pool worker has no database.
         """
-        return await self._require_app("enqueue").enqueue(job, *args, **kwargs)
+        app = self._require_app("parent_results")
+        parents = await app.store.parent_results(self.job_id)
+        return {p.step or str(p.id): p.result for p in parents if p.id is not None}
 
     async def wait_for(self, job_id: JobId, timeout: float | None = None) -> Any:
         """Wait for another job to finish and return its result (as ``App.result``).

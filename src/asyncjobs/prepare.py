@@ -85,7 +85,7 @@ def prepare_bulk(
         if definition is None:
             definition = definitions[sig.name] = lookup(sig.name)
         kwargs = sig.kwargs
-        if sig[3:] == _NO_OPTIONS and (not kwargs or type(kwargs) is dict):
+        if sig[3:8] == _NO_OPTIONS and (not kwargs or type(kwargs) is dict):
             try:
                 payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
             except TypeError:

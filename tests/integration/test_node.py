@@ -485,7 +485,9 @@ async def test_enqueue_retries_a_lost_connection_without_doubling_jobs(
 async def test_a_node_prunes_finished_jobs_past_the_retention_period(
     node_app: Callable[..., App],
 ) -> None:
-    async with node_app(retention_s=1.0, prune_interval_s=0.2) as app:
+    # Retention well above the time result() may take on a loaded machine, or the job is
+    # pruned before its result is read.
+    async with node_app(retention_s=3.0, prune_interval_s=0.2) as app:
         done = await app.enqueue("add", 1, 2)
         assert await app.result(done, timeout=10) == 3
         later = await app.enqueue("add", 0, 0, delay=30)  # unfinished: never pruned

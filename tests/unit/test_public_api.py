@@ -165,6 +165,17 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         ["'nightly'", "schedules list"],
         {"name": "nightly"},
     ),
+    (
+        errors.WorkflowError("verify", "the dependencies form a cycle: 'verify' -> 'verify'"),
+        ["'verify'", "cycle"],
+        {"step": "verify"},
+    ),
+    (errors.WorkflowNotFoundError(JOB_ID), [str(JOB_ID), "app.submit"], {"workflow_id": JOB_ID}),
+    (
+        errors.DependencyNotFoundError("send", [JOB_ID]),
+        ["'send'", str(JOB_ID), "no job with this id"],
+        {"job": "send", "missing": [JOB_ID]},
+    ),
 ]
 
 

@@ -49,6 +49,7 @@ class RunningJob:
         "stop_reason",
         "task",
         "worker",
+        "workflow_id",
     )
 
     def __init__(self, claimed: ClaimedJob, definition: JobDef[Any, Any] | None) -> None:
@@ -57,6 +58,7 @@ class RunningJob:
         self.queue = claimed.queue
         self.attempt = claimed.attempt
         self.max_attempts = claimed.max_attempts
+        self.workflow_id = claimed.workflow_id
         self.definition = definition
         self.task: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None
@@ -74,8 +76,9 @@ async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
         args, kwargs = decode_args(raw_args)
         if definition.wants_context:
             job.ctx = JobContext(
-                node.app, job.id, job.name, job.queue, job.attempt, job.max_attempts
-            )
+                node.app, job.id, job.name, job.queue, job.attempt, job.max_attempts,
+                job.workflow_id,
+            )  # fmt: skip
             args.insert(0, job.ctx)
         value = await definition.fn(*args, **kwargs)
     except asyncio.CancelledError:

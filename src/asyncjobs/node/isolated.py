@@ -60,6 +60,7 @@ async def execute_isolated(node: Node, job: RunningJob, raw_args: bytes) -> None
     header = {
         "op": "run", "id": str(job.id), "name": job.name, "queue": job.queue,
         "attempt": job.attempt, "max_attempts": job.max_attempts,
+        "workflow_id": str(job.workflow_id) if job.workflow_id else None,
     }  # fmt: skip
     try:
         reply, body = await pool.call(worker, header, raw_args)

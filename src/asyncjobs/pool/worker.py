@@ -134,6 +134,7 @@ def _context(header: dict[str, Any]) -> JobContext:
         header.get("queue", "default"),
         int(header.get("attempt", 1)),
         int(header.get("max_attempts", 1)),
+        coerce_job_id(header["workflow_id"]) if header.get("workflow_id") else None,
     )
 
 

@@ -51,7 +51,67 @@ class ClaimedJob(NamedTuple):
     queue: str
     attempt: int
     max_attempts: int
-    args: bytes
+    args: bytes  # with its parents' results first, for a workflow step that takes them
+    workflow_id: JobId | None = None
+
+
+class WorkflowJob(NamedTuple):
+    """A job of a workflow to insert: the job, plus where it sits in the DAG."""
+
+    job: NewJob  # its state is "waiting" while pending_deps > 0
+    step: str  # its key in the workflow
+    pending_deps: int  # parents not succeeded yet
+    has_dependents: bool
+    pass_results: str | None  # None, "one" (chain step) or "list" (chord callback)
+
+
+class Edge(NamedTuple):
+    """``job_id`` runs after ``depends_on`` succeeds; ``ord`` is the parent's position."""
+
+    job_id: JobId
+    ord: int
+    depends_on: JobId
+
+
+class NewWorkflow(NamedTuple):
+    """A validated workflow, ready to insert in one transaction."""
+
+    id: JobId
+    name: str | None
+    jobs: Sequence[WorkflowJob]
+    edges: Sequence[Edge]
+    sinks: list[JobId]  # the steps nothing depends on: the workflow's results
+
+
+class WorkflowInfo(NamedTuple):
+    """A workflow as stored, with its jobs counted by state."""
+
+    id: JobId
+    name: str | None
+    created_at: float
+    sinks: list[JobId]
+    counts: dict[str, int]
+
+
+class StepFailure(NamedTuple):
+    """A workflow job that failed, was lost, or was cancelled (other than upstream)."""
+
+    id: JobId
+    name: str
+    step: str | None
+    state: str
+    error: dict[str, Any] | None
+    reason: str | None
+
+
+class ParentResult(NamedTuple):
+    """One parent of a job, as ``JobContext.parent_results`` reads it."""
+
+    id: JobId | None  # None if the parent was pruned
+    name: str | None
+    step: str | None
+    state: str | None
+    result: Any
 
 
 class Outcome(NamedTuple):
@@ -230,6 +290,39 @@ class Store(Protocol):
     async def release_waiting(self, names: Sequence[str]) -> int:
         """Queue the waiting run of each named schedule whose other runs have all ended."""
 
+    # -- workflows and dependencies -------------------------------------------------------------
+
+    async def submit_workflow(self, workflow: NewWorkflow) -> None:
+        """Insert a workflow, all its jobs and all its edges in one transaction. A retried
+        submission of the same workflow (same id) writes nothing more."""
+
+    async def enqueue_after(
+        self,
+        job: NewJob,
+        after: Sequence[JobId],
+        *,
+        workflow_id: JobId | None = None,
+        step: str | None = None,
+    ) -> JobId:
+        """Insert one job that runs once every job in ``after`` has succeeded.
+
+        In one transaction, the dependencies are locked, so none can end unseen. Raises
+        ``DependencyNotFoundError`` if one does not exist. If one already ended without
+        succeeding, the job is inserted ``cancelled`` (``upstream_failed`` or
+        ``upstream_cancelled``), as a workflow step would be.
+        """
+
+    async def workflow_info(self, workflow_id: JobId) -> WorkflowInfo | None: ...
+
+    async def workflow_failures(self, workflow_id: JobId, limit: int) -> list[StepFailure]: ...
+
+    async def cancel_workflow(self, workflow_id: JobId, reason: str, now: float) -> tuple[int, int]:
+        """Cancel every unfinished job of the workflow; returns (cancelled now, running ones
+        asked to stop)."""
+
+    async def parent_results(self, job_id: JobId) -> list[ParentResult]:
+        """The job's parents, in edge order, with their results."""
+
     async def list_schedules(self) -> list[ScheduleRecord]: ...
 
     async def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
@@ -243,6 +336,21 @@ class Store(Protocol):
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Deliver events to ``handler`` until cancelled, reconnecting as needed."""
+
+
+def upstream_reason(states: Iterable[str]) -> str | None:
+    """Why a job whose dependencies are in these states can never run, or None if it can.
+
+    A dependency that failed or was lost makes it ``upstream_failed``; one that was cancelled,
+    ``upstream_cancelled``.
+    """
+    reason = None
+    for state in states:
+        if state in ("failed", "lost"):
+            return "upstream_failed"
+        if state == "cancelled":
+            reason = "upstream_cancelled"
+    return reason
 
 
 def record_from_row(row: Any) -> JobRecord:
@@ -272,4 +380,6 @@ def record_from_row(row: Any) -> JobRecord:
         cancel_requested=row["cancel_requested"],
         schedule=row["schedule"],
         fire_at=row["fire_at"],
+        workflow_id=row["workflow_id"],
+        step=row["step"],
     )

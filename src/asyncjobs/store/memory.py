@@ -16,12 +16,14 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import orjson
 
 from ..clock import to_datetime
-from ..errors import ScheduleNotFoundError
+from ..errors import DependencyNotFoundError, ScheduleNotFoundError
 from ..ids import new_ids
 from ..jobs import JobId, JobRecord, JobState
 from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
+from ..serialization import decode_args
 from .base import (
     ACTIVE_STATES,
     PENDING_STATES,
@@ -30,13 +32,18 @@ from .base import (
     EventHandler,
     HeartbeatResult,
     NewJob,
+    NewWorkflow,
     NodeInfo,
     Outcome,
+    ParentResult,
     PromoteResult,
     ReapedNode,
     ScheduleRecord,
+    StepFailure,
     StoreEvent,
+    WorkflowInfo,
     record_from_row,
+    upstream_reason,
 )
 
 _ACTIVE = frozenset(ACTIVE_STATES)
@@ -64,6 +71,19 @@ class _Job:
     cancel_requested: bool = False
     schedule: str | None = None
     fire_at: float | None = None
+    workflow_id: JobId | None = None
+    step: str | None = None
+    pending_deps: int = 0
+    has_dependents: bool = False
+    pass_results: str | None = None
+
+
+@dataclass(slots=True)
+class _Workflow:
+    id: JobId
+    name: str | None
+    created_at: float
+    sinks: list[JobId]
 
 
 @dataclass(slots=True)
@@ -106,6 +126,9 @@ class MemoryStore:
     _handlers: list[EventHandler] = field(default_factory=list)
     _waiters: set[JobId] = field(default_factory=set)
     schedules: dict[str, _Schedule] = field(default_factory=dict)
+    workflows: dict[JobId, _Workflow] = field(default_factory=dict)
+    _parents: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by child
+    _children: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by parent
 
     async def open(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -143,13 +166,78 @@ class MemoryStore:
         if earliest is not None:
             self._emit("scheduled", repr(earliest))
 
-    def _end(self, job: _Job, state: str) -> None:
+    def _end(self, job: _Job, state: str, *, settle: bool = True) -> None:
         job.state = state
         if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
             del self._unique[job.unique_key]
         if job.id in self._waiters:
             self._waiters.discard(job.id)
             self._emit("finished", str(job.id))
+        if settle and job.has_dependents:
+            self._settle(job)
+
+    def _settle(self, job: _Job) -> None:
+        """What follows a job's end for its dependents (settle_jobs in Postgres): a success
+        counts them down and readies those left with none; any other end cancels every
+        transitive dependent."""
+        children = self._children.get(job.id, ())
+        now = time.time()
+        if job.state == "succeeded":
+            woken: set[str] = set()
+            earliest: float | None = None
+            for child_id in children:
+                child = self.jobs.get(child_id)
+                if child is None or child.state != "waiting":
+                    continue
+                child.pending_deps -= 1
+                if child.pending_deps > 0:
+                    continue
+                if child.run_at > now:
+                    self._make_scheduled(child)
+                    earliest = child.run_at if earliest is None else min(earliest, child.run_at)
+                else:
+                    self._make_ready(child)
+                    woken.add(child.queue)
+            self._wake(woken, earliest)
+            return
+        reason = upstream_reason([job.state])
+        stack = list(children)
+        while stack:
+            child = self.jobs.get(stack.pop())
+            if child is None or child.state != "waiting":
+                continue
+            child.reason, child.finished_at = reason, now
+            self._end(child, "cancelled", settle=False)
+            stack.extend(self._children.get(child.id, ()))
+
+    def _add_edges(self, child: JobId, parents: Sequence[JobId]) -> None:
+        self._parents[child] = list(parents)
+        for parent in parents:
+            self._children.setdefault(parent, []).append(child)
+
+    def _insert(self, job: _Job) -> tuple[str | None, float | None]:
+        """Store a new job in its state; returns the queue it readied or when it is due."""
+        self.jobs[job.id] = job
+        if job.state == "queued":
+            self._make_ready(job)
+            return job.queue, None
+        if job.state == "scheduled":
+            self._make_scheduled(job)
+            return None, job.run_at
+        return None, None
+
+    def _claim_args(self, job: _Job) -> bytes:
+        """The job's arguments, with its parents' results first if it takes them."""
+        if job.pass_results is None:
+            return job.args
+        results = []
+        for parent_id in self._parents.get(job.id, ()):
+            parent = self.jobs.get(parent_id)
+            data = parent.result if parent is not None else None
+            results.append(None if data is None else orjson.loads(data))
+        first = (results[0] if results else None) if job.pass_results == "one" else results
+        args, kwargs = decode_args(job.args)
+        return orjson.dumps([[first, *args], kwargs])
 
     # -- producers -------------------------------------------------------------------------------
 
@@ -308,6 +396,7 @@ class MemoryStore:
         for job_id in old:
             del self.jobs[job_id]
             self._waiters.discard(job_id)
+            self._parents.pop(job_id, None)  # a finished job never needs its edges again
         return len(old)
 
     async def prune_rest(self, retention_s: float, waiter_ttl_s: float) -> None:
@@ -317,6 +406,10 @@ class MemoryStore:
             ended = node.reaped_at if node.reaped_at is not None else node.stopped_at
             if ended is not None and ended < cutoff:
                 del self.nodes[node_id]
+        in_use = {j.workflow_id for j in self.jobs.values()}
+        for workflow_id, workflow in list(self.workflows.items()):
+            if workflow.created_at < cutoff and workflow_id not in in_use:
+                del self.workflows[workflow_id]
 
     async def claim(
         self, node_id: JobId, limits: Mapping[str, int], now: float
@@ -340,7 +433,15 @@ class MemoryStore:
                 job.started_at = now
                 job.cancel_requested = False
                 out.append(
-                    ClaimedJob(job.id, job.name, job.queue, job.attempt, job.max_attempts, job.args)
+                    ClaimedJob(
+                        job.id,
+                        job.name,
+                        job.queue,
+                        job.attempt,
+                        job.max_attempts,
+                        self._claim_args(job),
+                        job.workflow_id,
+                    )
                 )
                 taken += 1
         return out
@@ -518,6 +619,153 @@ class MemoryStore:
             record.last_fire_at = now if last is None else max(last, now)
         record.updated_at = time.time()
         return True
+
+    # -- workflows and dependencies -------------------------------------------------------------
+
+    async def submit_workflow(self, workflow: NewWorkflow) -> None:
+        await anyio.lowlevel.checkpoint()
+        if workflow.id in self.workflows:
+            return  # a retried submission
+        now = time.time()
+        self.workflows[workflow.id] = _Workflow(
+            workflow.id, workflow.name, now, list(workflow.sinks)
+        )
+        woken: set[str] = set()
+        earliest: float | None = None
+        for w in workflow.jobs:
+            j = w.job
+            queue, due = self._insert(
+                _Job(
+                    j.id,
+                    j.name,
+                    j.queue,
+                    j.priority,
+                    j.state,
+                    j.args,
+                    j.run_at,
+                    j.max_attempts,
+                    None,
+                    now,
+                    workflow_id=workflow.id,
+                    step=w.step,
+                    pending_deps=w.pending_deps,
+                    has_dependents=w.has_dependents,
+                    pass_results=w.pass_results,
+                )
+            )
+            if queue is not None:
+                woken.add(queue)
+            if due is not None:
+                earliest = due if earliest is None else min(earliest, due)
+        parents: dict[JobId, list[JobId]] = {}
+        for edge in sorted(workflow.edges, key=lambda e: e.ord):
+            parents.setdefault(edge.job_id, []).append(edge.depends_on)
+        for child, ps in parents.items():
+            self._add_edges(child, ps)
+        self._wake(woken, earliest)
+
+    async def enqueue_after(
+        self,
+        job: NewJob,
+        after: Sequence[JobId],
+        *,
+        workflow_id: JobId | None = None,
+        step: str | None = None,
+    ) -> JobId:
+        await anyio.lowlevel.checkpoint()
+        if job.id in self.jobs:
+            return job.id  # a retried insert
+        deps = list(dict.fromkeys(after))
+        missing = [d for d in deps if d not in self.jobs]
+        if missing:
+            raise DependencyNotFoundError(job.name, missing)
+        states = [self.jobs[d].state for d in deps]
+        reason = upstream_reason(states)
+        active = [d for d in deps if self.jobs[d].state in _ACTIVE]
+        pending = 0 if reason else len(active)
+        state = "cancelled" if reason else ("waiting" if pending else job.state)
+        now = time.time()
+        new = _Job(
+            job.id, job.name, job.queue, job.priority, state, job.args, job.run_at,
+            job.max_attempts, None, now, workflow_id=workflow_id, step=step,
+            pending_deps=pending, reason=reason, finished_at=now if reason else None,
+        )  # fmt: skip
+        if not reason:
+            for dep in active:
+                self.jobs[dep].has_dependents = True
+        self._add_edges(job.id, deps)
+        queue, due = self._insert(new)
+        self._wake([queue] if queue else [], due)
+        return job.id
+
+    async def workflow_info(self, workflow_id: JobId) -> WorkflowInfo | None:
+        await anyio.lowlevel.checkpoint()
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            return None
+        counts: dict[str, int] = {}
+        for job in self._workflow_jobs(workflow_id):
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return WorkflowInfo(
+            workflow.id, workflow.name, workflow.created_at, list(workflow.sinks), counts
+        )
+
+    def _workflow_jobs(self, workflow_id: JobId) -> list[_Job]:
+        return sorted(
+            (j for j in self.jobs.values() if j.workflow_id == workflow_id), key=lambda j: j.id
+        )
+
+    async def workflow_failures(self, workflow_id: JobId, limit: int) -> list[StepFailure]:
+        await anyio.lowlevel.checkpoint()
+        upstream = ("upstream_failed", "upstream_cancelled")
+        found = [
+            j
+            for j in self._workflow_jobs(workflow_id)
+            if j.state in ("failed", "lost")
+            or (j.state == "cancelled" and j.reason not in upstream)
+        ]
+        found.sort(key=lambda j: (j.finished_at is None, j.finished_at or 0.0, j.id))
+        return [
+            StepFailure(
+                j.id,
+                j.name,
+                j.step,
+                j.state,
+                None if j.error is None else orjson.loads(j.error),
+                j.reason,
+            )
+            for j in found[:limit]
+        ]
+
+    async def cancel_workflow(self, workflow_id: JobId, reason: str, now: float) -> tuple[int, int]:
+        await anyio.lowlevel.checkpoint()
+        ended: list[_Job] = []
+        stopping = 0
+        for job in self._workflow_jobs(workflow_id):
+            if job.state in PENDING_STATES:
+                job.reason, job.finished_at, job.cancel_requested = reason, now, False
+                self._end(job, "cancelled", settle=False)  # settled below, as Postgres does
+                ended.append(job)
+            elif job.state == "running":
+                job.reason, job.cancel_requested = reason, True
+                self._emit("cancel", str(job.id))
+                stopping += 1
+        for job in ended:
+            if job.has_dependents:
+                self._settle(job)
+        return len(ended), stopping
+
+    async def parent_results(self, job_id: JobId) -> list[ParentResult]:
+        await anyio.lowlevel.checkpoint()
+        out: list[ParentResult] = []
+        for parent_id in self._parents.get(job_id, ()):
+            p = self.jobs.get(parent_id)
+            if p is None:
+                out.append(ParentResult(None, None, None, None, None))
+            else:
+                result = None if p.result is None else orjson.loads(p.result)
+                out.append(ParentResult(p.id, p.name, p.step, p.state, result))
+        return out
 
     # -- events --------------------------------------------------------------------------------
 

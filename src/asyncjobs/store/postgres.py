@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 
 from ..clock import to_datetime
-from ..errors import ScheduleNotFoundError, StoreError
+from ..errors import DependencyNotFoundError, ScheduleNotFoundError, StoreError
 from ..ids import id_floor, new_ids
 from ..jobs import JobId, JobRecord, JobState
 from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
@@ -30,13 +30,18 @@ from .base import (
     EventHandler,
     HeartbeatResult,
     NewJob,
+    NewWorkflow,
     NodeInfo,
     Outcome,
+    ParentResult,
     PromoteResult,
     ReapedNode,
     ScheduleRecord,
+    StepFailure,
     StoreEvent,
+    WorkflowInfo,
     record_from_row,
+    upstream_reason,
 )
 from .connections import (
     CONNECTION_ERRORS,
@@ -51,9 +56,19 @@ from .queries import channel_name, load_queries
 log = logging.getLogger("asyncjobs.store")
 
 _JOB_COLUMNS = ("id", "name", "queue", "priority", "state", "args", "run_at", "max_attempts")
+_WORKFLOW_JOB_COLUMNS = (
+    *_JOB_COLUMNS,
+    "workflow_id",
+    "step",
+    "pending_deps",
+    "has_dependents",
+    "pass_results",
+)
+_EDGE_COLUMNS = ("job_id", "ord", "depends_on")
 _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
 PRUNE_CLOCK_SLACK_S = 3600.0  # see prune()
+_TERMINAL = frozenset(("succeeded", "failed", "cancelled", "lost"))
 
 
 class PostgresStore:
@@ -234,8 +249,12 @@ class PostgresStore:
         return None if row is None else record_from_row(row)
 
     async def cancel(self, job_id: JobId, reason: str, now: float) -> JobState | None:
-        async with self._errors():
-            state = await self.pool.fetchval(self.q["cancel"], job_id, reason, now)
+        async with self._errors(), self.pool.acquire() as con, con.transaction():
+            row = await con.fetchrow(self.q["cancel"], job_id, reason, now)
+            assert row is not None
+            if row["settle"]:  # its dependents can never run now
+                await con.execute(self.q["settle_jobs"], [job_id], ["cancelled"])
+        state = row["state"]
         return None if state is None else JobState(state)
 
     async def watch(self, job_id: JobId) -> JobRecord | None:
@@ -268,9 +287,13 @@ class PostgresStore:
             await self.pool.execute(self.q["deregister_node"], node_id)
 
     async def reap(self, reaper_id: JobId, node_timeout_s: float, limit: int) -> list[ReapedNode]:
-        async with self._errors():
-            rows = await self.pool.fetch(self.q["reap"], node_timeout_s, reaper_id, limit)
-        return [ReapedNode(*r) for r in rows]
+        async with self._errors(), self.pool.acquire() as con, con.transaction():
+            rows = await con.fetch(self.q["reap"], node_timeout_s, reaper_id, limit)
+            ids = [i for r in rows for i in r["settle_ids"] or ()]
+            if ids:  # lost or cancelled jobs with dependents: settle them in the same transaction
+                states = [s for r in rows for s in r["settle_states"] or ()]
+                await con.execute(self.q["settle_jobs"], ids, states)
+        return [ReapedNode(*r[:5]) for r in rows]
 
     async def prune(self, retention_s: float, limit: int) -> int:
         # The id bound may only be too high, never too low: an hour of slack covers a client
@@ -361,6 +384,127 @@ class PostgresStore:
         async with self._errors():
             found = await self.pool.fetchval(self.q["pause_schedule"], name, paused, now)
         return found is not None
+
+    # -- workflows and dependencies -------------------------------------------------------------
+
+    async def submit_workflow(self, workflow: NewWorkflow) -> None:
+        ready_queues: set[str] = set()
+        earliest_scheduled: float | None = None
+        records = []
+        for w in workflow.jobs:
+            j = w.job
+            if j.state == "queued":
+                ready_queues.add(j.queue)
+            elif j.state == "scheduled" and (
+                earliest_scheduled is None or j.run_at < earliest_scheduled
+            ):
+                earliest_scheduled = j.run_at
+            records.append(
+                (j.id, j.name, j.queue, j.priority, j.state, j.args, to_datetime(j.run_at),
+                 j.max_attempts, workflow.id, w.step, w.pending_deps, w.has_dependents,
+                 w.pass_results)
+            )  # fmt: skip
+        async with self._errors(), self._enqueue_lane.connection() as con, con.transaction():
+            inserted = await con.fetchval(
+                self.q["insert_workflow"], workflow.id, workflow.name, workflow.sinks
+            )
+            if inserted is None:
+                return  # a retried submission whose first try committed: all is written
+            await con.copy_records_to_table(
+                self.table, schema_name=self.schema, columns=_WORKFLOW_JOB_COLUMNS,
+                records=records,
+            )  # fmt: skip
+            if workflow.edges:
+                await con.copy_records_to_table(
+                    f"{self.prefix}job_deps", schema_name=self.schema, columns=_EDGE_COLUMNS,
+                    records=workflow.edges,
+                )  # fmt: skip
+            await con.execute(self.q["notify_new"], sorted(ready_queues), earliest_scheduled)
+
+    async def enqueue_after(
+        self,
+        job: NewJob,
+        after: Sequence[JobId],
+        *,
+        workflow_id: JobId | None = None,
+        step: str | None = None,
+    ) -> JobId:
+        deps = list(dict.fromkeys(after))  # each dependency once, in the order given
+        async with self._errors(), self.pool.acquire() as con, con.transaction():
+            rows = await con.fetch(self.q["lock_dependencies"], deps)
+            states = {r["id"]: r["state"] for r in rows}
+            missing = [d for d in deps if d not in states]
+            if missing:
+                raise DependencyNotFoundError(job.name, missing)
+            active = [d for d in deps if states[d] not in _TERMINAL]
+            reason = upstream_reason(states[d] for d in deps)
+            pending = 0 if reason else len(active)
+            state = "cancelled" if reason else ("waiting" if pending else job.state)
+            if active and not reason:
+                await con.execute(self.q["mark_dependents"], active)
+            found = await con.fetchval(
+                self.q["insert_dependent"], job.id, job.name, job.queue, job.priority, state,
+                job.args, job.run_at, job.max_attempts, workflow_id, pending, step, None,
+                reason,
+            )  # fmt: skip
+            if found is not None:  # not a retried insert
+                await con.execute(
+                    self.q["insert_edges"], [job.id] * len(deps), list(range(len(deps))), deps
+                )
+        return job.id
+
+    async def workflow_info(self, workflow_id: JobId) -> WorkflowInfo | None:
+        async with self._errors():
+            row = await self.pool.fetchrow(self.q["workflow_info"], workflow_id)
+        if row is None:
+            return None
+        return WorkflowInfo(
+            row["id"], row["name"], row["created_at"], list(row["sinks"]),
+            orjson.loads(row["counts"]),
+        )  # fmt: skip
+
+    async def workflow_failures(self, workflow_id: JobId, limit: int) -> list[StepFailure]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["workflow_failures"], workflow_id, limit)
+        return [
+            StepFailure(
+                r["id"],
+                r["name"],
+                r["step"],
+                r["state"],
+                None if r["error"] is None else orjson.loads(r["error"]),
+                r["reason"],
+            )
+            for r in rows
+        ]
+
+    async def cancel_workflow(self, workflow_id: JobId, reason: str, now: float) -> tuple[int, int]:
+        async with self._errors(), self.pool.acquire() as con, con.transaction():
+            locked = await con.fetch(self.q["lock_workflow"], workflow_id)
+            if not locked:
+                return 0, 0
+            row = await con.fetchrow(
+                self.q["cancel_locked"], [r["id"] for r in locked], reason, now
+            )
+            assert row is not None
+            ended = list(row["ended"] or ())
+            if ended:  # dependents outside the workflow (enqueued with after=) end too
+                await con.execute(self.q["settle_jobs"], ended, ["cancelled"] * len(ended))
+        return int(row["cancelled"]), int(row["stopping"])
+
+    async def parent_results(self, job_id: JobId) -> list[ParentResult]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["parent_results"], job_id)
+        return [
+            ParentResult(
+                r["id"],
+                r["name"],
+                r["step"],
+                r["state"],
+                None if r["result"] is None else orjson.loads(r["result"]),
+            )
+            for r in rows
+        ]
 
     # -- events --------------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ LEFT JOIN {t}jobs AS other
 -- never one another node holds (SKIP LOCKED). Rows are then updated by primary key, so the plan
 -- does not depend on table statistics. Each claim bumps the attempt: (attempt, node) is the
 -- fencing token every later write of this attempt must match. A reaped node claims nothing.
+-- A workflow step that takes its parents' results gets them put before its own arguments.
 UPDATE {t}jobs AS j
 SET state = 'running', attempt = j.attempt + 1, node_id = $1, started_at = to_timestamp($4),
     cancel_requested = false
@@ -108,7 +109,10 @@ WHERE j.id = ANY(ARRAY(
     -- A reaped node claims nothing: jobs it took now would have no reaper left to free them.
     WHERE EXISTS (SELECT 1 FROM {t}nodes WHERE id = $1 AND reaped_at IS NULL)
 ))
-RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts, j.args;
+RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts,
+          CASE WHEN j.pass_results IS NULL THEN j.args
+               ELSE {t}with_inputs(j.id, j.args, j.pass_results) END,
+          j.workflow_id;
 
 -- name: release_claims
 -- Gives back the jobs node $1 holds as running without knowing it ($2: the ones it runs or has
@@ -153,7 +157,7 @@ SELECT (SELECT count(*) FROM moved) AS moved,
         WHERE state = 'scheduled' AND run_at > to_timestamp($1)) AS next_run_at;
 
 -- name: cancel
--- Cancels job $1 with reason $2 at time $3. A job that has not started ends cancelled at once;
+-- Cancels job $1 with reason $2 at time $3 (the caller then settles its dependents). A job that has not started ends cancelled at once;
 -- a running one is flagged and its node is told over NOTIFY (it ends cancelled when the node
 -- stops it); a finished job is left as it is. Returns the state after the request.
 WITH target AS (
@@ -166,7 +170,7 @@ WITH target AS (
         reason = $2
     FROM target AS t
     WHERE j.id = t.id AND t.state IN ('scheduled', 'waiting', 'queued', 'running')
-    RETURNING j.id, j.state
+    RETURNING j.id, j.state, j.has_dependents
 ), waited AS (
     DELETE FROM {t}waiters AS w USING upd
     WHERE w.job_id = upd.id AND upd.state = 'cancelled'
@@ -177,7 +181,9 @@ WITH target AS (
     SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
 )
 SELECT coalesce((SELECT state FROM upd), (SELECT state FROM target)) AS state,
-       (SELECT count(*) FROM wake) AS woken;
+       (SELECT count(*) FROM wake) AS woken,
+       -- its dependents are to be cancelled too (by settle_jobs, in the same transaction)
+       coalesce((SELECT has_dependents AND state = 'cancelled' FROM upd), false) AS settle;
 
 -- name: get_job
 -- One job by id.
@@ -221,7 +227,8 @@ SELECT EXISTS (SELECT 1 FROM hb) AS alive,
 -- asked to cancel it; queued if it has attempts left (the dead attempt counts); otherwise
 -- lost, with the reason "node <id> stopped heartbeating at <time>". A job's own node racing
 -- the reaper with an outcome loses or wins whole: both lock the job's row and re-check that it
--- is still running. Returns one row per reaped node with what happened to its jobs.
+-- is still running. Returns one row per reaped node with what happened to its jobs, and the
+-- ended jobs whose dependents must be settled (settle).
 WITH dead AS (
     SELECT id, heartbeat_at FROM {t}nodes
     WHERE reaped_at IS NULL AND id <> $2  -- a node running this is alive: never itself
@@ -248,7 +255,7 @@ WITH dead AS (
                       THEN j.run_at ELSE now() END
     FROM marked AS m
     WHERE j.node_id = m.id AND j.state = 'running'
-    RETURNING j.id, j.node_id, j.queue, j.state
+    RETURNING j.id, j.node_id, j.queue, j.state, j.has_dependents
 ), waited AS (
     DELETE FROM {t}waiters AS w USING moved
     WHERE w.job_id = moved.id AND moved.state <> 'queued'
@@ -263,7 +270,11 @@ SELECT m.id AS node_id,
        extract(epoch FROM m.heartbeat_at)::float8 AS heartbeat_at,
        count(mv.id) FILTER (WHERE mv.state = 'queued') AS requeued,
        count(mv.id) FILTER (WHERE mv.state = 'lost') AS lost,
-       count(mv.id) FILTER (WHERE mv.state = 'cancelled') AS cancelled
+       count(mv.id) FILTER (WHERE mv.state = 'cancelled') AS cancelled,
+       -- jobs that ended with dependents: the caller settles them in the same transaction
+       array_agg(mv.id) FILTER (WHERE mv.has_dependents AND mv.state <> 'queued') AS settle_ids,
+       array_agg(mv.state) FILTER (WHERE mv.has_dependents AND mv.state <> 'queued')
+           AS settle_states
 FROM marked AS m
 LEFT JOIN moved AS mv ON mv.node_id = m.id
 WHERE (SELECT count(*) FROM wake) >= 0
@@ -286,8 +297,11 @@ WITH gone AS (
         FOR UPDATE SKIP LOCKED
     ))
     RETURNING id
+), edges AS (
+    -- a job's edges to its parents go with it (a finished job never needs them again)
+    DELETE FROM {t}job_deps AS d USING gone WHERE d.job_id = gone.id RETURNING d.job_id
 )
-SELECT count(*) FROM gone;
+SELECT count(*) FROM gone WHERE (SELECT count(*) FROM edges) >= 0;
 
 -- name: prune_rest
 -- Deletes node rows reaped or stopped more than $1 seconds ago, and registrations of interest
@@ -298,8 +312,15 @@ WITH nodes AS (
     RETURNING id
 ), waiters AS (
     DELETE FROM {t}waiters WHERE since < now() - make_interval(secs => $2) RETURNING job_id
+), workflows AS (
+    -- a workflow whose jobs were all pruned
+    DELETE FROM {t}workflows AS w
+    WHERE w.created_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM {t}jobs AS j WHERE j.workflow_id = w.id)
+    RETURNING id
 )
-SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS waiters;
+SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS waiters,
+       (SELECT count(*) FROM workflows) AS workflows;
 
 -- name: deregister_node
 -- Marks node $1 as cleanly stopped.
@@ -386,3 +407,107 @@ SET paused = $2,
     updated_at = now()
 WHERE name = $1
 RETURNING name;
+
+-- name: settle_jobs
+-- After jobs $1 ended in states $2: release the dependents of the succeeded ones, cancel the
+-- transitive dependents of the others (see migrations/0004_workflows.sql).
+SELECT {t}settle_jobs($1::uuid[], $2::{t}job_state[]);
+
+-- name: insert_workflow
+-- Records workflow $1 (named $2, results in steps $3), unless a retried submission already
+-- did. Returns its id if this call inserted it.
+INSERT INTO {t}workflows (id, name, sinks) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: lock_dependencies
+-- Locks the existing jobs among $1 (a new job will depend on them) in id order, and returns
+-- their states: under the lock, none can end until the new job and its edges are written.
+SELECT id, state FROM {t}jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE;
+
+-- name: mark_dependents
+-- Jobs $1 now have a dependent: their end will be settled.
+UPDATE {t}jobs SET has_dependents = true WHERE id = ANY($1::uuid[]) AND NOT has_dependents;
+
+-- name: insert_dependent
+-- Inserts one job that depends on others: waiting (with $10 unfinished dependencies), or
+-- queued, scheduled, or cancelled at once (reason $13) when a dependency already failed.
+-- Wakes the nodes if it is ready. Returns nothing if the id exists (a retried insert).
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts,
+                         workflow_id, pending_deps, step, pass_results, reason, finished_at)
+    VALUES ($1, $2, $3, $4, $5::{t}job_state, $6, to_timestamp($7), $8, $9, $10, $11, $12, $13,
+            CASE WHEN $5::{t}job_state = 'cancelled' THEN now() END)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, queue, state, run_at
+)
+SELECT id, (SELECT count(pg_notify('{channel}', CASE WHEN state = 'queued' THEN 'q:' || queue
+                                                     ELSE 's:' || extract(epoch FROM run_at) END))
+            FROM ins WHERE state IN ('queued', 'scheduled')) AS woken
+FROM ins;
+
+-- name: insert_edges
+-- Edges: job $1[i] runs after job $3[i] succeeds; $2[i] is that parent's position.
+INSERT INTO {t}job_deps (job_id, ord, depends_on)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[]);
+
+-- name: parent_results
+-- The parents of job $1, in edge order, with their results (what JobContext.parent_results
+-- returns). A parent already pruned shows as a missing row (null id).
+SELECT p.id, p.name, p.step, p.state, p.result
+FROM {t}job_deps AS d LEFT JOIN {t}jobs AS p ON p.id = d.depends_on
+WHERE d.job_id = $1
+ORDER BY d.ord;
+
+-- name: workflow_info
+-- Workflow $1, with its jobs counted by state through the workflow index (null if unknown).
+SELECT w.id, w.name, extract(epoch FROM w.created_at)::float8 AS created_at, w.sinks,
+       (SELECT coalesce(jsonb_object_agg(state, n), '{}'::jsonb)
+        FROM (SELECT state, count(*) AS n FROM {t}jobs WHERE workflow_id = $1
+              GROUP BY state) AS c) AS counts
+FROM {t}workflows AS w WHERE w.id = $1;
+
+-- name: workflow_failures
+-- The jobs of workflow $1 that failed or were lost, or were cancelled other than by an
+-- upstream failure: the causes a status report shows (at most $2, oldest first).
+SELECT id, name, step, state, error, reason
+FROM {t}jobs
+WHERE workflow_id = $1
+  AND (state IN ('failed', 'lost')
+       OR (state = 'cancelled' AND reason IS DISTINCT FROM 'upstream_failed'
+           AND reason IS DISTINCT FROM 'upstream_cancelled'))
+ORDER BY finished_at NULLS LAST, id
+LIMIT $2;
+
+-- name: lock_workflow
+-- Locks the unfinished jobs of workflow $1 in id order (for cancelling it), with their state.
+SELECT id, state FROM {t}jobs
+WHERE workflow_id = $1 AND state IN ('scheduled', 'waiting', 'queued', 'running')
+ORDER BY id
+FOR UPDATE;
+
+-- name: cancel_locked
+-- Cancels jobs $1 (locked by the caller) with reason $2 at time $3: those not started end
+-- cancelled at once; running ones are flagged and their nodes told. Returns how many ended
+-- and how many are being stopped.
+WITH upd AS (
+    UPDATE {t}jobs AS j
+    SET state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END,
+        cancel_requested = (j.state = 'running'),
+        finished_at = CASE WHEN j.state = 'running' THEN NULL ELSE to_timestamp($3) END,
+        reason = $2
+    WHERE j.id = ANY($1::uuid[]) AND j.state IN ('scheduled', 'waiting', 'queued', 'running')
+    RETURNING j.id, j.state
+), waited AS (
+    DELETE FROM {t}waiters AS w USING upd
+    WHERE w.job_id = upd.id AND upd.state = 'cancelled'
+    RETURNING w.job_id
+), wake AS (
+    SELECT pg_notify('{channel}', 'c:' || id) FROM upd WHERE state = 'running'
+    UNION ALL
+    SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
+)
+SELECT count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE state = 'running') AS stopping,
+       array_agg(id) FILTER (WHERE state = 'cancelled') AS ended
+FROM upd WHERE (SELECT count(*) FROM wake) >= 0;

@@ -293,3 +293,38 @@ async def test_unknown_workflow_id(app: App) -> None:
         await app.workflow_status(new_id())
     with pytest.raises(WorkflowNotFoundError):
         await app.cancel_workflow(new_id())
+
+
+async def test_two_nodes_share_a_workflow_and_each_step_runs_once(
+    make_app: Callable[..., App],
+) -> None:
+    """Two nodes complete the members of the same chords at once: the callbacks' counts go
+    down once per member (no lost decrement, no deadlock), and each step runs once."""
+    from collections import Counter
+
+    runs: Counter[Any] = Counter()
+    apps = [make_app(concurrency=25) for _ in range(2)]
+    for a in apps:
+
+        @a.job(name="member")
+        async def member(ctx: JobContext, previous: Any, i: int) -> int:
+            runs[ctx.job_id] += 1
+            await asyncio.sleep(0)
+            return i
+
+        @a.job(name="total")
+        async def total(ctx: JobContext, results: list[int]) -> int:
+            runs[ctx.job_id] += 1
+            return sum(results)
+
+    one, two = apps
+    stages = [
+        chord(group(one.signature("member", i) for i in range(50)), one.signature("total"))
+        for _ in range(10)
+    ]
+    async with one, two:
+        wid = await one.submit(chain(one.signature("total", []), *stages))
+        assert await one.workflow_result(wid, timeout=60) == sum(range(50))
+        nodes = {(await one.get(job_id)).node_id for job_id in runs}
+    assert len(runs) == 1 + 10 * 51 and set(runs.values()) == {1}
+    assert nodes == {one.node.id, two.node.id}  # each node took its share (25 slots each)

@@ -69,6 +69,9 @@ _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
 PRUNE_CLOCK_SLACK_S = 3600.0  # see prune()
 _TERMINAL = frozenset(("succeeded", "failed", "cancelled", "lost"))
+# JIT off: its compile time (10 ms and more) dwarfs the short statements of a job queue, and
+# the planner turns it on from cost estimates that swing with the number of running jobs.
+_SERVER_SETTINGS = {"application_name": "asyncjobs", "jit": "off"}
 
 
 class PostgresStore:
@@ -108,14 +111,14 @@ class PostgresStore:
                 init=init_connection,
                 reset=no_reset,
                 timeout=self.settings.connect_timeout_s,
-                server_settings={"application_name": "asyncjobs"},
+                server_settings=_SERVER_SETTINGS,
             )
 
     async def _connect(self) -> asyncpg.Connection:
         con = await asyncpg.connect(
             self.dsn,
             timeout=self.settings.connect_timeout_s,
-            server_settings={"application_name": "asyncjobs"},
+            server_settings=_SERVER_SETTINGS,
         )
         await init_connection(con)
         return con
@@ -524,7 +527,7 @@ class PostgresStore:
                 con = await asyncpg.connect(
                     self.dsn,
                     timeout=self.settings.connect_timeout_s,
-                    server_settings={"application_name": "asyncjobs-listen"},
+                    server_settings={**_SERVER_SETTINGS, "application_name": "asyncjobs-listen"},
                 )
 
                 def on_notify(_c: object, _pid: int, _chan: str, payload: object) -> None:

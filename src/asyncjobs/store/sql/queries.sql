@@ -110,8 +110,23 @@ WHERE j.id = ANY(ARRAY(
     WHERE EXISTS (SELECT 1 FROM {t}nodes WHERE id = $1 AND reaped_at IS NULL)
 ))
 RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts,
+          -- Read under the claim's snapshot, in which every parent has succeeded (the
+          -- statement that recorded that released this job). A subquery, not a function:
+          -- only evaluated for steps that take results, and planned with the statement.
           CASE WHEN j.pass_results IS NULL THEN j.args
-               ELSE {t}with_inputs(j.id, j.args, j.pass_results) END,
+               ELSE (SELECT jsonb_build_array(
+                                jsonb_build_array(CASE j.pass_results
+                                                      WHEN 'one' THEN r.results -> 0
+                                                      ELSE r.results END) || (j.args -> 0),
+                                j.args -> 1)
+                     FROM (SELECT coalesce(jsonb_agg(
+                                          -- by primary key: a join here could be planned
+                                          -- as a scan of the jobs table per claimed row
+                                          (SELECT p.result FROM {t}jobs AS p
+                                           WHERE p.id = d.depends_on)
+                                          ORDER BY d.ord), '[]') AS results
+                           FROM {t}job_deps AS d WHERE d.job_id = j.id) AS r)
+          END,
           j.workflow_id;
 
 -- name: release_claims
@@ -299,7 +314,7 @@ WITH gone AS (
     RETURNING id
 ), edges AS (
     -- a job's edges to its parents go with it (a finished job never needs them again)
-    DELETE FROM {t}job_deps AS d USING gone WHERE d.job_id = gone.id RETURNING d.job_id
+    DELETE FROM {t}job_deps WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
 )
 SELECT count(*) FROM gone WHERE (SELECT count(*) FROM edges) >= 0;
 

@@ -36,36 +36,42 @@ CREATE INDEX {prefix}job_deps_depends_on ON {t}job_deps (depends_on);
 
 -- Counts down the dependents of p_ids, which just succeeded, and queues (or schedules, if
 -- their run_at is ahead) those left with no unfinished dependency. Two statements, as in
--- complete_jobs: lock, then update under a new snapshot. Dependents are locked in id order,
+-- complete_jobs: lock, then update the locked versions by tid under a new snapshot. Every
+-- lookup is by index with a fixed plan (edges by parent, then jobs by primary key), so stale
+-- statistics cannot turn it into a scan of the jobs table. Dependents are locked in id order,
 -- so completers racing over a shared dependent (a chord's callback) queue up rather than
 -- deadlock. Returns how many jobs became ready.
 CREATE FUNCTION {t}release_dependents(p_ids uuid[]) RETURNS bigint LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_ids uuid[];
+    v_tid tid[];
     v_n integer[];
     v_released bigint;
 BEGIN
-    SELECT array_agg(id ORDER BY id), array_agg(n ORDER BY id) INTO v_ids, v_n
+    SELECT array_agg(tid ORDER BY job_id), array_agg(n ORDER BY job_id) INTO v_tid, v_n
     FROM (
-        SELECT j.id, c.n
-        FROM (SELECT job_id, count(*)::integer AS n FROM {t}job_deps
-              WHERE depends_on = ANY(p_ids) GROUP BY job_id) AS c
-        JOIN {t}jobs AS j ON j.id = c.job_id
-        WHERE j.state = 'waiting'
-        ORDER BY j.id
-        FOR UPDATE OF j
-    ) AS locked;
-    IF v_ids IS NULL THEN
+        SELECT c.job_id, c.n,
+               (SELECT CASE WHEN j.state = 'waiting' THEN j.ctid END
+                FROM {t}jobs AS j WHERE j.id = c.job_id
+                FOR UPDATE) AS tid
+        FROM (SELECT d.job_id, count(*)::integer AS n
+              FROM unnest(p_ids) AS u(id)
+              CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps WHERE depends_on = u.id) AS d
+              GROUP BY d.job_id
+              ORDER BY d.job_id) AS c
+        OFFSET 0  -- lock in this order, once per row
+    ) AS locked
+    WHERE tid IS NOT NULL;
+    IF v_tid IS NULL THEN
         RETURN 0;
     END IF;
     WITH upd AS (
         UPDATE {t}jobs AS j
-        SET pending_deps = j.pending_deps - u.n,
-            state = CASE WHEN j.pending_deps - u.n > 0 THEN 'waiting'
+        SET pending_deps = j.pending_deps - x.n,
+            state = CASE WHEN j.pending_deps - x.n > 0 THEN 'waiting'
                          WHEN j.run_at > now() THEN 'scheduled'
                          ELSE 'queued' END::{t}job_state
-        FROM unnest(v_ids, v_n) AS u(id, n)
-        WHERE j.id = u.id AND j.state = 'waiting'
+        FROM unnest(v_tid, v_n) AS x(tid, n)
+        WHERE j.ctid = x.tid
         RETURNING j.queue, j.state, j.run_at
     ), wake AS (
         SELECT pg_notify('{channel}', 'q:' || queue)
@@ -82,33 +88,43 @@ $fn$;
 
 -- Cancels, with reason p_reason, every transitive dependent of p_ids (which ended without
 -- succeeding, so their dependents can never run). They are all 'waiting': each still counts
--- a dependency that will not succeed. Callers waiting for them are told. Returns how many.
+-- a dependency that will not succeed. Callers waiting for them are told. The walk follows
+-- the edge index one parent at a time, and locks jobs by primary key in id order, as above.
+-- Returns how many were cancelled.
 CREATE FUNCTION {t}cancel_dependents(p_ids uuid[], p_reason text) RETURNS bigint
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_ids uuid[];
+    v_tid tid[];
     v_cancelled bigint;
 BEGIN
     WITH RECURSIVE down(id) AS (
-        SELECT job_id FROM {t}job_deps WHERE depends_on = ANY(p_ids)
+        SELECT d.job_id
+        FROM unnest(p_ids) AS u(id)
+        CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps WHERE depends_on = u.id) AS d
         UNION
-        SELECT d.job_id FROM {t}job_deps AS d JOIN down ON d.depends_on = down.id
+        SELECT d.job_id
+        FROM down
+        CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps WHERE depends_on = down.id) AS d
     )
-    SELECT array_agg(id ORDER BY id) INTO v_ids
+    SELECT array_agg(tid ORDER BY id) INTO v_tid
     FROM (
-        SELECT j.id FROM {t}jobs AS j
-        WHERE j.id IN (SELECT id FROM down) AND j.state = 'waiting'
-        ORDER BY j.id
-        FOR UPDATE OF j
-    ) AS locked;
-    IF v_ids IS NULL THEN
+        SELECT s.id,
+               (SELECT CASE WHEN j.state = 'waiting' THEN j.ctid END
+                FROM {t}jobs AS j WHERE j.id = s.id
+                FOR UPDATE) AS tid
+        FROM (SELECT id FROM down ORDER BY id) AS s
+        OFFSET 0  -- lock in this order, once per row
+    ) AS locked
+    WHERE tid IS NOT NULL;
+    IF v_tid IS NULL THEN
         RETURN 0;
     END IF;
     WITH upd AS (
-        UPDATE {t}jobs
+        UPDATE {t}jobs AS j
         SET state = 'cancelled', reason = p_reason, finished_at = now()
-        WHERE id = ANY(v_ids) AND state = 'waiting'
-        RETURNING id
+        FROM unnest(v_tid) AS x(tid)
+        WHERE j.ctid = x.tid
+        RETURNING j.id
     ), waited AS (
         DELETE FROM {t}waiters AS w USING upd WHERE w.job_id = upd.id RETURNING w.job_id
     ), wake AS (
@@ -145,21 +161,6 @@ BEGIN
         PERFORM {t}cancel_dependents(v_cancelled, 'upstream_cancelled');
     END IF;
 END
-$fn$;
-
--- The arguments a claimed job runs with: its own, with its parents' results put first when
--- it takes them (pass_results). Read under the claim's snapshot, in which every parent has
--- succeeded: the job was released by the statements that recorded that.
-CREATE FUNCTION {t}with_inputs(p_id uuid, p_args jsonb, p_mode text) RETURNS jsonb
-LANGUAGE sql STABLE AS $fn$
-    SELECT jsonb_build_array(
-               jsonb_build_array(
-                   CASE p_mode WHEN 'one' THEN (array_agg(p.result ORDER BY d.ord))[1]
-                               ELSE coalesce(jsonb_agg(p.result ORDER BY d.ord), '[]') END
-               ) || (p_args -> 0),
-               p_args -> 1)
-    FROM {t}job_deps AS d LEFT JOIN {t}jobs AS p ON p.id = d.depends_on
-    WHERE d.job_id = p_id
 $fn$;
 
 -- complete_jobs, again (see 0002): the same two steps, then settle_jobs for the jobs that

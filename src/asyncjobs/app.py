@@ -32,6 +32,7 @@ from .errors import (
     ScheduleDefinitionError,
     StoreUnavailableError,
     UnknownJobError,
+    WorkflowError,
     WorkflowNotFoundError,
 )
 from .ids import new_id, new_ids
@@ -480,11 +481,17 @@ class App:
         """
         store = self._check_started()
         wf = build(workflow, name)
+        if wf.submitted:
+            raise WorkflowError(
+                None, f"this Workflow is already submitted (as {wf.id}); build a new one to "
+                "run it again",
+            )  # fmt: skip
         new = prepare_workflow(
             wf, self._definition, self.clock.time(), self._settings.max_payload_bytes
         )
         # A retry after a lost connection writes nothing twice: the workflow's id is fixed.
         await with_retries(partial(store.submit_workflow, new))
+        wf.submitted = True
         return new.id
 
     async def workflow_status(self, workflow_id: WorkflowId | str) -> WorkflowStatus:

@@ -122,6 +122,19 @@ class PayloadTooLargeError(PayloadError, ValueError):
         )
 
 
+class InputsTooLargeError(PayloadError, ValueError):
+    """A workflow step's parents' results are too large, together, to pass to it."""
+
+    def __init__(self, job: str, limit: int) -> None:
+        self.job = job
+        self.limit = limit
+        super().__init__(
+            f"job {job!r} takes its parents' results as arguments, and together they are over "
+            f"{limit:,} bytes, the most a step can receive. Have the parents store large data "
+            "elsewhere (a file, an object store, a table) and return references instead."
+        )
+
+
 class InvalidJobOptionError(AsyncJobsError, ValueError):
     """An option given at enqueue time cannot work (priority out of range, bad queue...)."""
 

@@ -34,6 +34,7 @@ from .errors import (
 from .ids import new_id
 from .jobs import JobDef, JobId, Signature
 from .prepare import prepare
+from .serialization import compact
 from .store.base import Edge, NewWorkflow, StepFailure, WorkflowInfo, WorkflowJob
 
 WorkflowId = uuid.UUID
@@ -170,16 +171,22 @@ class Workflow:
         self.name = name
         self.steps: list[Step] = []
         self._keys: dict[str, Step] = {}
+        self.submitted = False  # set by App.submit: a workflow is written once
 
     def add(
         self,
         signature: Signature,
         *,
-        after: Iterable[Step | str] = (),
+        after: Iterable[Step | str] | Step | str = (),
         key: str | None = None,
     ) -> Step:
         """Add a step that runs once every step in ``after`` has succeeded."""
-        return self._add(signature, list(after), key, None)
+        if self.submitted:
+            raise WorkflowError(
+                key, f"workflow {self.id} is already submitted; build a new Workflow for more steps"
+            )
+        parents = [after] if isinstance(after, Step | str) else list(after)
+        return self._add(signature, parents, key, None)
 
     def _add(
         self, signature: Any, after: list[Step | str], key: str | None, pass_results: str | None
@@ -297,8 +304,8 @@ def prepare_workflow(
             new = prepare(sig, definition, step.id, now, limit)
         except (PayloadError, InvalidJobOptionError) as exc:
             raise WorkflowError(key, str(exc)) from None
-        if ps:
-            new = new._replace(state="waiting")
+        # Every step's payload is held until the insert: keep it at its size (compact).
+        new = new._replace(args=compact(new.args), state="waiting" if ps else new.state)
         jobs.append(WorkflowJob(new, key, len(ps), has_children[step.index], step.pass_results))
         edges.extend(Edge(step.id, i, steps[p].id) for i, p in enumerate(ps))
     sinks = [s.id for s in steps if not has_children[s.index]]

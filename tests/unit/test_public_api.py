@@ -170,6 +170,11 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         ["'verify'", "cycle"],
         {"step": "verify"},
     ),
+    (
+        errors.InputsTooLargeError("verify", 64 * 1024 * 1024),
+        ["'verify'", "67,108,864 bytes", "references"],
+        {"job": "verify", "limit": 64 * 1024 * 1024},
+    ),
     (errors.WorkflowNotFoundError(JOB_ID), [str(JOB_ID), "app.submit"], {"workflow_id": JOB_ID}),
     (
         errors.DependencyNotFoundError("send", [JOB_ID]),

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import JobTimeoutError, PayloadError, describe_error
+from ..errors import InputsTooLargeError, JobTimeoutError, PayloadError, describe_error
 from ..jobs import JobContext, JobDef, JobId
 from ..serialization import decode_args, encode_result
-from ..store.base import ClaimedJob, Outcome
+from ..store.base import MAX_INPUT_BYTES, ClaimedJob, Outcome
 
 if TYPE_CHECKING:
     from ..pool.handle import WorkerHandle
@@ -166,6 +166,13 @@ def abandoned_outcome(node: Node, job: RunningJob) -> Outcome:
     definition = job.definition
     limit = (definition.timeout or definition.soft_timeout or 0.0) if definition else 0.0
     return failed_outcome(node, job, JobTimeoutError(job.name, limit, "hard"))
+
+
+def inputs_too_large_outcome(node: Node, job: RunningJob) -> Outcome:
+    """A step whose parents' results are too large to pass: failed, never retried (the
+    same results would be passed again)."""
+    error = InputsTooLargeError(job.name, MAX_INPUT_BYTES)
+    return failure_outcome(node, job, error_payload(error), type(error).__name__, False)
 
 
 def unknown_job_outcome(node: Node, claimed: ClaimedJob) -> Outcome:

@@ -36,6 +36,7 @@ from .execution import (
     RunningJob,
     abandoned_outcome,
     execute,
+    inputs_too_large_outcome,
     unknown_job_outcome,
 )
 from .fetcher import Fetcher
@@ -250,6 +251,9 @@ class Node:
         self._idle.clear()
         if definition is None:
             self.finish(job, unknown_job_outcome(self, claimed))
+            return
+        if claimed.args is None:  # its parents' results are over MAX_INPUT_BYTES
+            self.finish(job, inputs_too_large_outcome(self, job))
             return
         loop = asyncio.get_running_loop()
         run = execute_isolated if definition.isolated else execute

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 PENDING_STATES = ("scheduled", "waiting", "queued")  # states a cancel ends at once
 ACTIVE_STATES = (*PENDING_STATES, "running")  # not finished
+# The most a workflow step receives as its parents' results, all together (JSON bytes). Over
+# it, the step fails with InputsTooLargeError when claimed, instead of building an argument
+# list Postgres cannot hold (a jsonb value is limited to 256 MiB).
+MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
 class NewJob(NamedTuple):
@@ -51,7 +55,9 @@ class ClaimedJob(NamedTuple):
     queue: str
     attempt: int
     max_attempts: int
-    args: bytes  # with its parents' results first, for a workflow step that takes them
+    # With its parents' results first, for a workflow step that takes them; None if those
+    # results are over MAX_INPUT_BYTES together (the node then fails the job).
+    args: bytes | None
     workflow_id: JobId | None = None
 
 

@@ -26,6 +26,7 @@ from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from ..serialization import decode_args
 from .base import (
     ACTIVE_STATES,
+    MAX_INPUT_BYTES,
     PENDING_STATES,
     TERMINAL_STATES,
     ClaimedJob,
@@ -226,15 +227,19 @@ class MemoryStore:
             return None, job.run_at
         return None, None
 
-    def _claim_args(self, job: _Job) -> bytes:
+    def _claim_args(self, job: _Job) -> bytes | None:
         """The job's arguments, with its parents' results first if it takes them."""
         if job.pass_results is None:
             return job.args
         results = []
+        raw: list[bytes] = []
         for parent_id in self._parents.get(job.id, ()):
             parent = self.jobs.get(parent_id)
             data = parent.result if parent is not None else None
+            raw.append(data or b"null")
             results.append(None if data is None else orjson.loads(data))
+        if sum(len(parent_json) for parent_json in raw) > MAX_INPUT_BYTES:
+            return None  # the node fails the step, as with Postgres
         first = (results[0] if results else None) if job.pass_results == "one" else results
         args, kwargs = decode_args(job.args)
         return orjson.dumps([[first, *args], kwargs])
@@ -397,6 +402,7 @@ class MemoryStore:
             del self.jobs[job_id]
             self._waiters.discard(job_id)
             self._parents.pop(job_id, None)  # a finished job never needs its edges again
+            self._children.pop(job_id, None)
         return len(old)
 
     async def prune_rest(self, retention_s: float, waiter_ttl_s: float) -> None:

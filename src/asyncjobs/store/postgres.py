@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -26,6 +34,7 @@ from ..jobs import JobId, JobRecord, JobState
 from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from ..settings import Settings, mask_dsn
 from .base import (
+    MAX_INPUT_BYTES,
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
@@ -69,9 +78,15 @@ _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
 PRUNE_CLOCK_SLACK_S = 3600.0  # see prune()
 _TERMINAL = frozenset(("succeeded", "failed", "cancelled", "lost"))
+DEADLOCK_TRIES = 3  # see _transaction()
+T = TypeVar("T")
 # JIT off: its compile time (10 ms and more) dwarfs the short statements of a job queue, and
 # the planner turns it on from cost estimates that swing with the number of running jobs.
 _SERVER_SETTINGS = {"application_name": "asyncjobs", "jit": "off"}
+
+
+def _by_id(outcome: Outcome) -> JobId:
+    return outcome.id
 
 
 class PostgresStore:
@@ -252,13 +267,33 @@ class PostgresStore:
         return None if row is None else record_from_row(row)
 
     async def cancel(self, job_id: JobId, reason: str, now: float) -> JobState | None:
-        async with self._errors(), self.pool.acquire() as con, con.transaction():
+        async def body(con: asyncpg.Connection) -> Any:
             row = await con.fetchrow(self.q["cancel"], job_id, reason, now)
             assert row is not None
             if row["settle"]:  # its dependents can never run now
                 await con.execute(self.q["settle_jobs"], [job_id], ["cancelled"])
-        state = row["state"]
+            return row["state"]
+
+        state = await self._transaction(body)
         return None if state is None else JobState(state)
+
+    async def _transaction(self, body: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``body`` in one transaction, again if Postgres broke a deadlock by aborting it.
+
+        Statements that lock several jobs (settling a workflow's dependents, cancelling a
+        workflow, the reaper) lock them in id order, but two of them can still meet in
+        opposite orders across levels of a DAG; Postgres then aborts one, which is retried.
+        """
+        async with self._errors():
+            for attempt in range(1, DEADLOCK_TRIES + 1):
+                try:
+                    async with self.pool.acquire() as con, con.transaction():
+                        return await body(con)
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == DEADLOCK_TRIES:
+                        raise
+                    log.warning("deadlock broken by Postgres; retrying (try %d)", attempt + 1)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def watch(self, job_id: JobId) -> JobRecord | None:
         async with self._errors():
@@ -290,13 +325,15 @@ class PostgresStore:
             await self.pool.execute(self.q["deregister_node"], node_id)
 
     async def reap(self, reaper_id: JobId, node_timeout_s: float, limit: int) -> list[ReapedNode]:
-        async with self._errors(), self.pool.acquire() as con, con.transaction():
+        async def body(con: asyncpg.Connection) -> list[ReapedNode]:
             rows = await con.fetch(self.q["reap"], node_timeout_s, reaper_id, limit)
             ids = [i for r in rows for i in r["settle_ids"] or ()]
             if ids:  # lost or cancelled jobs with dependents: settle them in the same transaction
                 states = [s for r in rows for s in r["settle_states"] or ()]
                 await con.execute(self.q["settle_jobs"], ids, states)
-        return [ReapedNode(*r[:5]) for r in rows]
+            return [ReapedNode(*r[:5]) for r in rows]
+
+        return await self._transaction(body)
 
     async def prune(self, retention_s: float, limit: int) -> int:
         # The id bound may only be too high, never too low: an hour of slack covers a client
@@ -315,8 +352,9 @@ class PostgresStore:
     ) -> list[ClaimedJob]:
         async with self._errors(), self._claim_lane.connection() as con:
             rows = await con.fetch(
-                self.q["claim"], node_id, list(limits.keys()), list(limits.values()), now
-            )
+                self.q["claim"], node_id, list(limits.keys()), list(limits.values()), now,
+                MAX_INPUT_BYTES,
+            )  # fmt: skip
         return [ClaimedJob(*r) for r in rows]
 
     async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
@@ -328,7 +366,9 @@ class PostgresStore:
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         if not outcomes:
             return []
-        cols = list(zip(*outcomes, strict=True))
+        # In id order, the order every statement that locks several jobs takes its locks in
+        # (stable: of two outcomes for one job, the first still comes first).
+        cols = list(zip(*sorted(outcomes, key=_by_id), strict=True))
         async with self._errors(), self._complete_lane.connection() as con:
             rows = await con.fetch(self.q["complete"], node_id, *cols)
         return [r[0] for r in rows]
@@ -433,7 +473,8 @@ class PostgresStore:
         step: str | None = None,
     ) -> JobId:
         deps = list(dict.fromkeys(after))  # each dependency once, in the order given
-        async with self._errors(), self.pool.acquire() as con, con.transaction():
+
+        async def body(con: asyncpg.Connection) -> None:
             rows = await con.fetch(self.q["lock_dependencies"], deps)
             states = {r["id"]: r["state"] for r in rows}
             missing = [d for d in deps if d not in states]
@@ -454,6 +495,8 @@ class PostgresStore:
                 await con.execute(
                     self.q["insert_edges"], [job.id] * len(deps), list(range(len(deps))), deps
                 )
+
+        await self._transaction(body)
         return job.id
 
     async def workflow_info(self, workflow_id: JobId) -> WorkflowInfo | None:
@@ -482,7 +525,7 @@ class PostgresStore:
         ]
 
     async def cancel_workflow(self, workflow_id: JobId, reason: str, now: float) -> tuple[int, int]:
-        async with self._errors(), self.pool.acquire() as con, con.transaction():
+        async def body(con: asyncpg.Connection) -> tuple[int, int]:
             locked = await con.fetch(self.q["lock_workflow"], workflow_id)
             if not locked:
                 return 0, 0
@@ -493,7 +536,9 @@ class PostgresStore:
             ended = list(row["ended"] or ())
             if ended:  # dependents outside the workflow (enqueued with after=) end too
                 await con.execute(self.q["settle_jobs"], ended, ["cancelled"] * len(ended))
-        return int(row["cancelled"]), int(row["stopping"])
+            return int(row["cancelled"]), int(row["stopping"])
+
+        return await self._transaction(body)
 
     async def parent_results(self, job_id: JobId) -> list[ParentResult]:
         async with self._errors():

@@ -92,7 +92,8 @@ LEFT JOIN {t}jobs AS other
 -- never one another node holds (SKIP LOCKED). Rows are then updated by primary key, so the plan
 -- does not depend on table statistics. Each claim bumps the attempt: (attempt, node) is the
 -- fencing token every later write of this attempt must match. A reaped node claims nothing.
--- A workflow step that takes its parents' results gets them put before its own arguments.
+-- A workflow step that takes its parents' results gets them put before its own arguments
+-- (at most $5 bytes of them).
 UPDATE {t}jobs AS j
 SET state = 'running', attempt = j.attempt + 1, node_id = $1, started_at = to_timestamp($4),
     cancel_requested = false
@@ -114,6 +115,11 @@ RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts,
           -- statement that recorded that released this job). A subquery, not a function:
           -- only evaluated for steps that take results, and planned with the statement.
           CASE WHEN j.pass_results IS NULL THEN j.args
+               -- results too large to pass, all together ($5 bytes): null args, and the node
+               -- fails the step (a jsonb over 256 MiB would fail this whole claim)
+               WHEN (SELECT sum(octet_length((SELECT p.result FROM {t}jobs AS p
+                                              WHERE p.id = d.depends_on)::text))
+                     FROM {t}job_deps AS d WHERE d.job_id = j.id) > $5 THEN NULL
                ELSE (SELECT jsonb_build_array(
                                 jsonb_build_array(CASE j.pass_results
                                                       WHEN 'one' THEN r.results -> 0
@@ -328,10 +334,15 @@ WITH nodes AS (
 ), waiters AS (
     DELETE FROM {t}waiters WHERE since < now() - make_interval(secs => $2) RETURNING job_id
 ), workflows AS (
-    -- a workflow whose jobs were all pruned
-    DELETE FROM {t}workflows AS w
-    WHERE w.created_at < now() - make_interval(secs => $1)
-      AND NOT EXISTS (SELECT 1 FROM {t}jobs AS j WHERE j.workflow_id = w.id)
+    -- workflows whose jobs were all pruned, a bounded batch at a time
+    DELETE FROM {t}workflows
+    WHERE id = ANY(ARRAY(
+        SELECT w.id FROM {t}workflows AS w
+        WHERE w.created_at < now() - make_interval(secs => $1)
+          AND NOT EXISTS (SELECT 1 FROM {t}jobs AS j WHERE j.workflow_id = w.id)
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED
+    ))
     RETURNING id
 )
 SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS waiters,

@@ -34,132 +34,100 @@ CREATE TABLE {t}job_deps (
 );
 CREATE INDEX {prefix}job_deps_depends_on ON {t}job_deps (depends_on);
 
--- Counts down the dependents of p_ids, which just succeeded, and queues (or schedules, if
--- their run_at is ahead) those left with no unfinished dependency. Two statements, as in
--- complete_jobs: lock, then update the locked versions by tid under a new snapshot. Every
--- lookup is by index with a fixed plan (edges by parent, then jobs by primary key), so stale
--- statistics cannot turn it into a scan of the jobs table. Dependents are locked in id order,
--- so completers racing over a shared dependent (a chord's callback) queue up rather than
--- deadlock. Returns how many jobs became ready.
-CREATE FUNCTION {t}release_dependents(p_ids uuid[]) RETURNS bigint LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_tid tid[];
-    v_n integer[];
-    v_released bigint;
-BEGIN
-    SELECT array_agg(tid ORDER BY job_id), array_agg(n ORDER BY job_id) INTO v_tid, v_n
-    FROM (
-        SELECT c.job_id, c.n,
-               (SELECT CASE WHEN j.state = 'waiting' THEN j.ctid END
-                FROM {t}jobs AS j WHERE j.id = c.job_id
-                FOR UPDATE) AS tid
-        FROM (SELECT d.job_id, count(*)::integer AS n
-              FROM unnest(p_ids) AS u(id)
-              CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps WHERE depends_on = u.id) AS d
-              GROUP BY d.job_id
-              ORDER BY d.job_id) AS c
-        OFFSET 0  -- lock in this order, once per row
-    ) AS locked
-    WHERE tid IS NOT NULL;
-    IF v_tid IS NULL THEN
-        RETURN 0;
-    END IF;
-    WITH upd AS (
-        UPDATE {t}jobs AS j
-        SET pending_deps = j.pending_deps - x.n,
-            state = CASE WHEN j.pending_deps - x.n > 0 THEN 'waiting'
-                         WHEN j.run_at > now() THEN 'scheduled'
-                         ELSE 'queued' END::{t}job_state
-        FROM unnest(v_tid, v_n) AS x(tid, n)
-        WHERE j.ctid = x.tid
-        RETURNING j.queue, j.state, j.run_at
-    ), wake AS (
-        SELECT pg_notify('{channel}', 'q:' || queue)
-        FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued') AS q
-        UNION ALL
-        SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
-        FROM upd WHERE state = 'scheduled' HAVING count(*) > 0
-    )
-    SELECT count(*) FILTER (WHERE state <> 'waiting') INTO v_released
-    FROM upd CROSS JOIN (SELECT count(*) FROM wake) AS w;
-    RETURN v_released;
-END
-$fn$;
-
--- Cancels, with reason p_reason, every transitive dependent of p_ids (which ended without
--- succeeding, so their dependents can never run). They are all 'waiting': each still counts
--- a dependency that will not succeed. Callers waiting for them are told. The walk follows
--- the edge index one parent at a time, and locks jobs by primary key in id order, as above.
--- Returns how many were cancelled.
-CREATE FUNCTION {t}cancel_dependents(p_ids uuid[], p_reason text) RETURNS bigint
+-- settle_jobs: what follows jobs ending, for every statement that ends jobs (complete_jobs,
+-- the reaper, cancel). Pass only the ended jobs that have dependents.
+--
+-- A succeeded job counts each dependent down, and those left with no unfinished dependency
+-- become queued (or scheduled, if their run_at is ahead). A failed or lost job cancels its
+-- dependents with the reason 'upstream_failed', a cancelled one with 'upstream_cancelled'
+-- (a failure wins when a job has both kinds of parents), and so on down, level by level:
+-- the edges of each level are read by a new statement after that level's jobs are locked
+-- and ended, so an edge added meanwhile (enqueue with after=, which locks the parent first)
+-- is never missed. The walk stops at jobs that are not waiting: a job already cancelled is
+-- not walked again.
+--
+-- Each level is two statements, as in complete_jobs: lock, then update the locked versions
+-- by tid. Every lookup is by index with a fixed plan (edges by parent, jobs by primary key),
+-- so stale statistics cannot turn it into a scan of the jobs table. A level's jobs are
+-- locked in id order, so completers racing over a shared dependent (a chord's callback)
+-- queue up rather than deadlock.
+CREATE FUNCTION {t}settle_jobs(p_ids uuid[], p_states {t}job_state[]) RETURNS bigint
 LANGUAGE plpgsql AS $fn$
 DECLARE
+    v_ids uuid[] := p_ids;
+    -- per parent: 'done' (succeeded), or the reason its dependents are cancelled with
+    v_kinds text[];
     v_tid tid[];
-    v_cancelled bigint;
+    v_done integer[];
+    v_reason text[];
+    v_settled bigint := 0;
+    v_count bigint;
 BEGIN
-    WITH RECURSIVE down(id) AS (
-        SELECT d.job_id
-        FROM unnest(p_ids) AS u(id)
-        CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps WHERE depends_on = u.id) AS d
-        UNION
-        SELECT d.job_id
-        FROM down
-        CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps WHERE depends_on = down.id) AS d
-    )
-    SELECT array_agg(tid ORDER BY id) INTO v_tid
-    FROM (
-        SELECT s.id,
-               (SELECT CASE WHEN j.state = 'waiting' THEN j.ctid END
-                FROM {t}jobs AS j WHERE j.id = s.id
-                FOR UPDATE) AS tid
-        FROM (SELECT id FROM down ORDER BY id) AS s
-        OFFSET 0  -- lock in this order, once per row
-    ) AS locked
-    WHERE tid IS NOT NULL;
-    IF v_tid IS NULL THEN
-        RETURN 0;
-    END IF;
-    WITH upd AS (
-        UPDATE {t}jobs AS j
-        SET state = 'cancelled', reason = p_reason, finished_at = now()
-        FROM unnest(v_tid) AS x(tid)
-        WHERE j.ctid = x.tid
-        RETURNING j.id
-    ), waited AS (
-        DELETE FROM {t}waiters AS w USING upd WHERE w.job_id = upd.id RETURNING w.job_id
-    ), wake AS (
-        SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
-    )
-    SELECT count(*) INTO v_cancelled FROM upd CROSS JOIN (SELECT count(*) FROM wake) AS w;
-    RETURN v_cancelled;
-END
-$fn$;
+    SELECT array_agg(CASE WHEN state = 'succeeded' THEN 'done'
+                          WHEN state = 'cancelled' THEN 'upstream_cancelled'
+                          ELSE 'upstream_failed' END ORDER BY ord)
+      INTO v_kinds
+      FROM unnest(p_states) WITH ORDINALITY AS x(state, ord);
+    LOOP
+        SELECT array_agg(tid ORDER BY job_id), array_agg(done ORDER BY job_id),
+               array_agg(reason ORDER BY job_id)
+          INTO v_tid, v_done, v_reason
+          FROM (
+              SELECT c.job_id, c.done, c.reason,
+                     (SELECT CASE WHEN j.state = 'waiting' THEN j.ctid END
+                      FROM {t}jobs AS j WHERE j.id = c.job_id
+                      FOR UPDATE) AS tid
+              FROM (SELECT d.job_id,
+                           count(*) FILTER (WHERE x.kind = 'done')::integer AS done,
+                           CASE WHEN bool_or(x.kind = 'upstream_failed') THEN 'upstream_failed'
+                                WHEN bool_or(x.kind = 'upstream_cancelled')
+                                THEN 'upstream_cancelled' END AS reason
+                    FROM unnest(v_ids, v_kinds) AS x(id, kind)
+                    CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps
+                                        WHERE depends_on = x.id) AS d
+                    GROUP BY d.job_id
+                    ORDER BY d.job_id) AS c
+              OFFSET 0  -- lock in this order, once per row
+          ) AS locked
+         WHERE tid IS NOT NULL;
+        EXIT WHEN v_tid IS NULL;
 
--- settle_jobs: what follows jobs ending, for the statements that end them (complete_jobs,
--- the reaper, cancel). Succeeded jobs release their dependents; failed or lost ones cancel
--- theirs as 'upstream_failed', cancelled ones as 'upstream_cancelled'. Only jobs with
--- dependents need to be passed.
-CREATE FUNCTION {t}settle_jobs(p_ids uuid[], p_states {t}job_state[]) RETURNS void
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_done uuid[];
-    v_failed uuid[];
-    v_cancelled uuid[];
-BEGIN
-    SELECT array_agg(id) FILTER (WHERE state = 'succeeded'),
-           array_agg(id) FILTER (WHERE state IN ('failed', 'lost')),
-           array_agg(id) FILTER (WHERE state = 'cancelled')
-      INTO v_done, v_failed, v_cancelled
-      FROM unnest(p_ids, p_states) AS x(id, state);
-    IF v_done IS NOT NULL THEN
-        PERFORM {t}release_dependents(v_done);
-    END IF;
-    IF v_failed IS NOT NULL THEN
-        PERFORM {t}cancel_dependents(v_failed, 'upstream_failed');
-    END IF;
-    IF v_cancelled IS NOT NULL THEN
-        PERFORM {t}cancel_dependents(v_cancelled, 'upstream_cancelled');
-    END IF;
+        WITH upd AS (
+            UPDATE {t}jobs AS j
+            SET state = CASE WHEN x.reason IS NOT NULL THEN 'cancelled'
+                             WHEN j.pending_deps - x.done > 0 THEN 'waiting'
+                             WHEN j.run_at > now() THEN 'scheduled'
+                             ELSE 'queued' END::{t}job_state,
+                pending_deps = CASE WHEN x.reason IS NULL THEN j.pending_deps - x.done
+                                    ELSE j.pending_deps END,
+                reason = coalesce(x.reason, j.reason),
+                finished_at = CASE WHEN x.reason IS NOT NULL THEN now() END
+            FROM unnest(v_tid, v_done, v_reason) AS x(tid, done, reason)
+            WHERE j.ctid = x.tid
+            RETURNING j.id, j.queue, j.state, j.run_at, j.has_dependents, x.reason
+        ), waited AS (
+            DELETE FROM {t}waiters AS w USING upd
+            WHERE w.job_id = upd.id AND upd.state = 'cancelled'
+            RETURNING w.job_id
+        ), wake AS (
+            SELECT pg_notify('{channel}', 'q:' || queue)
+            FROM (SELECT DISTINCT queue FROM upd WHERE state = 'queued') AS q
+            UNION ALL
+            SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
+            FROM upd WHERE state = 'scheduled' HAVING count(*) > 0
+            UNION ALL
+            SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
+        )
+        SELECT (SELECT count(*) FROM upd WHERE state <> 'waiting'),
+               s.ids, s.kinds
+          INTO v_count, v_ids, v_kinds
+          FROM (SELECT array_agg(id) AS ids, array_agg(reason) AS kinds FROM upd
+                WHERE state = 'cancelled' AND has_dependents) AS s
+         WHERE (SELECT count(*) FROM wake) >= 0;
+        v_settled := v_settled + v_count;
+        EXIT WHEN v_ids IS NULL;  -- the next level: dependents of the jobs just cancelled
+    END LOOP;
+    RETURN v_settled;
 END
 $fn$;
 

@@ -18,7 +18,7 @@ import pytest
 
 from asyncjobs import JobState, Settings
 from asyncjobs.ids import new_id
-from asyncjobs.store.base import NewJob, NodeInfo, Outcome
+from asyncjobs.store.base import MAX_INPUT_BYTES, NewJob, NodeInfo, Outcome
 from asyncjobs.store.postgres import PostgresStore
 
 ARGS = orjson.dumps(([], {}))
@@ -108,6 +108,7 @@ async def test_claim_and_completion_stay_linear_with_stale_statistics(
             ["default"],
             [n],
             time.time(),
+            MAX_INPUT_BYTES,
         )
         assert buffers_touched(claim_plan) < 20 * n, "\n".join(r[0] for r in claim_plan)
 

@@ -11,6 +11,7 @@ import pytest
 from asyncjobs import (
     App,
     DependencyNotFoundError,
+    InputsTooLargeError,
     JobCancelledError,
     JobContext,
     JobFailedError,
@@ -328,3 +329,25 @@ async def test_two_nodes_share_a_workflow_and_each_step_runs_once(
         nodes = {(await one.get(job_id)).node_id for job_id in runs}
     assert len(runs) == 1 + 10 * 51 and set(runs.values()) == {1}
     assert nodes == {one.node.id, two.node.id}  # each node took its share (25 slots each)
+
+
+async def test_a_step_whose_inputs_are_too_large_fails_alone(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its parents' results, together, are over the limit: the step fails with a sentence
+    that says what to do, its dependents are cancelled, and the queue goes on."""
+    import asyncjobs.node.execution
+    import asyncjobs.store.memory
+    import asyncjobs.store.postgres
+
+    for module in (asyncjobs.store.memory, asyncjobs.store.postgres, asyncjobs.node.execution):
+        monkeypatch.setattr(module, "MAX_INPUT_BYTES", 100)
+    value, collect = app.registry["value"], app.registry["collect"]
+    wf = chord(group(value.s("x" * 60) for _ in range(3)), collect.s(tag="big")) | value.s(0)
+    wid = await app.submit(wf)
+    with pytest.raises(JobFailedError, match=f"{InputsTooLargeError.__name__}.*over 100 bytes"):
+        await app.workflow_result(wid, timeout=TIMEOUT)
+    status = await app.workflow_status(wid)
+    assert status.counts["succeeded"] == 3 and status.counts["failed"] == 1
+    assert status.counts["cancelled"] == 1
+    assert await app.result(await app.enqueue("value", "still"), timeout=TIMEOUT) == "still"

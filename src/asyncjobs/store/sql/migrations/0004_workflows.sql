@@ -83,8 +83,11 @@ BEGIN
                                 WHEN bool_or(x.kind = 'upstream_cancelled')
                                 THEN 'upstream_cancelled' END AS reason
                     FROM unnest(v_ids, v_kinds) AS x(id, kind)
-                    CROSS JOIN LATERAL (SELECT job_id FROM {t}job_deps
-                                        WHERE depends_on = x.id) AS d
+                    -- ARRAY(...) is a subplan run per parent, by the edge index: a join
+                    -- here is planned as a hash join over a scan of every edge when the
+                    -- statistics are stale
+                    CROSS JOIN LATERAL unnest(ARRAY(SELECT job_id FROM {t}job_deps
+                                                    WHERE depends_on = x.id)) AS d(job_id)
                     GROUP BY d.job_id
                     ORDER BY d.job_id) AS c
               OFFSET 0  -- lock in this order, once per row

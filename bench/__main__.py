@@ -35,6 +35,7 @@ from . import (
     pool_memory,
     reap,
     report,
+    workflows,
 )
 from .common import (
     DEFAULT_DSN,
@@ -60,6 +61,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         pg_restart,
         pool,
         pool_memory,
+        workflows,
     )
 }
 REPEATS = 3

@@ -174,3 +174,42 @@ async def test_schedules_list_pause_and_resume_as_a_user_runs_them(
 
 async def _at_least(db: asyncpg.Connection, query: str, n: int) -> bool:
     return bool(await db.fetchval(query) >= n)
+
+
+async def test_workflow_show_and_cancel_as_a_user_runs_them(
+    producer: App, pg_dsn: str, pg_schema: str
+) -> None:
+    from asyncjobs import Workflow
+
+    record = producer.registry["record"]
+    wf = Workflow("nightly audit")
+    first = wf.add(record.s(), key="first")
+    for i in range(3):
+        wf.add(record.s(), after=[first], key=f"check-{i}")
+    workflow_id = await producer.submit(wf)  # no node runs: everything stays pending
+    env = subprocess_env(pg_dsn, pg_schema)
+
+    shown = await run_cli("workflow", "show", str(workflow_id), env=env)
+    assert shown.returncode == 0, describe(shown)
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"workflow {workflow_id} (nightly audit): running", describe(shown)
+    assert "4 jobs" in lines[1] and lines[2].strip() == "waiting 3, queued 1", describe(shown)
+
+    cancelled = await run_cli("workflow", "cancel", str(workflow_id), env=env)
+    assert cancelled.returncode == 0, describe(cancelled)
+    assert "4 jobs cancelled, 0 running jobs asked to stop" in cancelled.stdout
+
+    status = orjson.loads(
+        (await run_cli("workflow", "show", str(workflow_id), "--json", env=env)).stdout
+    )
+    assert status["state"] == "cancelled" and status["counts"]["cancelled"] == 4
+    assert [f["step"] for f in status["failures"]] == ["first", "check-0", "check-1", "check-2"]
+
+    for bad, expected in (
+        ("not-a-uuid", "is not a workflow id"),
+        (str(uuid.uuid4()), "no workflow"),
+    ):
+        result = await run_cli("workflow", "show", bad, env=env)
+        assert result.returncode == 2, describe(result)
+        assert_no_traceback(result.stderr)
+        assert expected in result.stderr, describe(result)

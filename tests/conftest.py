@@ -14,33 +14,21 @@ the others on uvloop, the loop nodes use in production.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
 import shutil
 import tempfile
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import uvloop
 
 from asyncjobs import App, MemoryStore, Settings
-from asyncjobs.localpg import (
-    DEFAULT_LOCAL_DSN,
-    LocalCluster,
-    LocalPostgresError,
-    binaries_available,
-    reachable,
-)
+from asyncjobs.localpg import LocalCluster, binaries_available
+from asyncjobs.testing.postgres import SOURCE, PostgresNotFound, drop_schema, test_schema_name
 
-TEST_DATABASE = "asyncjobs_test"
-SCHEMA_PREFIX = "ajt_"
-STALE_SCHEMA_MINUTES = 120  # schemas of killed sessions older than this are dropped
+pytest_plugins = ["pytester"]  # the asyncjobs plugin's own tests run sample test files
 
 # -- event loops ------------------------------------------------------------------------------
 
@@ -51,119 +39,25 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
-# -- finding Postgres ---------------------------------------------------------------------------
-
-
-class _PostgresSource:
-    def __init__(self) -> None:
-        self.dsn: str | None = None
-        self.error: str | None = None
-        self.cluster: LocalCluster | None = None
-        self.cluster_dir: Path | None = None
-
-    def find(self) -> str:
-        if self.dsn is not None:
-            return self.dsn
-        if self.error is not None:
-            pytest.fail(self.error, pytrace=False)
-        try:
-            self.dsn = asyncio.run(self._find())
-        except Exception as exc:
-            self.error = (
-                f"No Postgres for the tests: {exc}\n"
-                "The Postgres tests are never skipped. To run them, do one of:\n"
-                "  - set ASYNCJOBS_TEST_DSN=postgresql://user@host:port/db (a server you own);\n"
-                "  - start a server on 127.0.0.1:5432 that accepts user postgres;\n"
-                "  - install the PostgreSQL server package (initdb, pg_ctl), and the tests\n"
-                "    start a throwaway cluster by themselves."
-            )
-            pytest.fail(self.error, pytrace=False)
-        return self.dsn
-
-    async def _find(self) -> str:
-        explicit = os.environ.get("ASYNCJOBS_TEST_DSN")
-        if explicit:
-            if not await reachable(explicit, timeout=5):
-                raise RuntimeError(f"ASYNCJOBS_TEST_DSN={explicit} does not accept connections")
-            return explicit
-        if await reachable(DEFAULT_LOCAL_DSN):
-            return await _ensure_database(DEFAULT_LOCAL_DSN, TEST_DATABASE)
-        self.cluster_dir = Path(tempfile.mkdtemp(prefix="asyncjobs-test-pg-"))
-        os.chmod(self.cluster_dir, 0o755)
-        self.cluster = LocalCluster(self.cluster_dir, fsync=False)
-        try:
-            dsn = await asyncio.to_thread(self.cluster.start)
-        except LocalPostgresError as exc:
-            raise RuntimeError(str(exc)) from None
-        return await _ensure_database(dsn, TEST_DATABASE)
-
-    def close(self) -> None:
-        if self.cluster is not None:
-            self.cluster.stop()
-        if self.cluster_dir is not None:
-            shutil.rmtree(self.cluster_dir, ignore_errors=True)
-
-
-async def _ensure_database(dsn: str, name: str) -> str:
-    con = await asyncpg.connect(dsn)
-    try:
-        exists = await con.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if not exists:
-            with contextlib.suppress(asyncpg.DuplicateDatabaseError):  # a parallel session
-                await con.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await con.close()
-    base, _, _ = dsn.rpartition("/")
-    test_dsn = f"{base}/{name}"
-    # Drop schemas left by sessions killed before their teardown. Only old ones: another
-    # session (a second checkout, CI) may be running right now with schemas of its own.
-    con = await asyncpg.connect(test_dsn)
-    try:
-        names = await con.fetch(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", SCHEMA_PREFIX + "%"
-        )
-        cutoff = _minute_stamp() - STALE_SCHEMA_MINUTES
-        for row in names:
-            stamp = row["nspname"][len(SCHEMA_PREFIX) :].split("_", 1)[0]
-            if stamp.isalnum() and int(stamp, 16) < cutoff:
-                await con.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
-    finally:
-        await con.close()
-    return test_dsn
-
-
-def _minute_stamp() -> int:
-    return int(time.time()) // 60
-
-
-_SOURCE = _PostgresSource()
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    _SOURCE.close()
+# -- finding Postgres (asyncjobs.testing.postgres, shared with the pytest plugin) --------------
 
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> str:
-    """The DSN of the test database (found or started once per session)."""
-    return _SOURCE.find()
-
-
-def _schema_name(node: pytest.Item | Any) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "_", getattr(node, "name", "t").lower())[5:17].strip("_")
-    return f"{SCHEMA_PREFIX}{_minute_stamp():x}_{slug}_{uuid.uuid4().hex[:6]}"
+    """The DSN of the test database (found or started once per session; the plugin stops
+    a cluster it started at the end of the session)."""
+    try:
+        return SOURCE.find()
+    except PostgresNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture
 async def pg_schema(pg_dsn: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """A fresh, empty schema name; dropped after the test."""
-    name = _schema_name(request.node)
+    name = test_schema_name(request.node.name)
     yield name
-    con = await asyncpg.connect(pg_dsn)
-    try:
-        await con.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await con.close()
+    await drop_schema(pg_dsn, name)
 
 
 @pytest.fixture

@@ -24,16 +24,3 @@ async def wait_until(
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(interval)
-
-
-class FakeClock:
-    """A clock the test moves by hand (``App(clock=...)``): no real waiting for hours."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds

@@ -8,14 +8,15 @@ from typing import Any
 import pytest
 
 from asyncjobs import App, JobContext, JobState, Settings
-from tests.helpers import FakeClock, wait_until
+from asyncjobs.testing import ManualClock
+from tests.helpers import wait_until
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0 // HOUR * HOUR + 10  # ten seconds after an hour mark
 
 
 def hourly_app(
-    any_settings: Settings, shared_store: Any, clock: FakeClock, ran: list[Any], **options: Any
+    any_settings: Settings, shared_store: Any, clock: ManualClock, ran: list[Any], **options: Any
 ) -> App:
     app = App(settings=any_settings.replace(poll_interval_s=0.05), store=shared_store, clock=clock)
 
@@ -49,17 +50,17 @@ async def fire_times_of(app: App, ids: list[Any]) -> list[float]:
 async def test_after_an_outage_the_missed_fire_times_follow_the_policy(
     any_settings: Settings, shared: Any, policy: str, expected_hours: list[int], missed: int
 ) -> None:
-    clock, ran = FakeClock(T0), []
+    clock, ran = ManualClock(T0), []
     first = hourly_app(any_settings, shared, clock, ran, missed=policy)
     async with first:
-        clock.advance(HOUR)  # the first hour mark after declaration is due
+        clock.set(clock.time() + HOUR)  # the first hour mark after declaration is due
         await wait_until(lambda: len(ran) == 1, what="the on-time run")
         await first.result(ran[0], timeout=10)
     on_time = list(ran)
 
     # Every node is down for ten fire times; the last of them is two minutes old when a node
     # comes back, so all ten were missed (late by more than the 60 s grace).
-    clock.advance(10 * HOUR + 120)
+    clock.set(clock.time() + 10 * HOUR + 120)
     second = hourly_app(any_settings, shared, clock, ran, missed=policy)
     async with second:
         (record,) = await wait_until(
@@ -73,28 +74,28 @@ async def test_after_an_outage_the_missed_fire_times_follow_the_policy(
 
 
 async def test_a_catch_up_is_bounded_by_max_catchup(any_settings: Settings, shared: Any) -> None:
-    clock, ran = FakeClock(T0), []
+    clock, ran = ManualClock(T0), []
     app = hourly_app(any_settings, shared, clock, ran, missed="all", max_catchup=3)
     async with app:
         await wait_until(app.store.list_schedules, what="the schedule to be declared")
-        clock.advance(10 * HOUR + 120)  # ten fire times, all late
+        clock.set(clock.time() + 10 * HOUR + 120)  # ten fire times, all late
         await wait_until(lambda: _counted(app, 3, 7), what="the bounded catch-up")
         await wait_until(lambda: len(ran) == 3, what="three runs")
 
 
 async def test_paused_schedules_do_not_fire(any_settings: Settings, shared: Any) -> None:
-    clock, ran = FakeClock(T0), []
+    clock, ran = ManualClock(T0), []
     app = hourly_app(any_settings, shared, clock, ran)
     async with app:
         await wait_until(app.store.list_schedules, what="the schedule to be declared")
         assert await app.store.pause_schedule("inventory", True, clock.time())
-        clock.advance(3 * HOUR)
+        clock.set(clock.time() + 3 * HOUR)
         await wait_until(
             lambda: _paused_and_idle(app), what="the scheduler to look at the paused schedule"
         )
         assert ran == []
         assert await app.store.pause_schedule("inventory", False, clock.time())
-        clock.advance(HOUR)
+        clock.set(clock.time() + HOUR)
         await wait_until(lambda: len(ran) == 1, what="the first run after resuming")
 
 

@@ -88,6 +88,11 @@ class Completer:
                 )
         self._idle.set()
 
+    async def flush(self) -> None:
+        """Write everything buffered now, in this task (``asyncjobs.testing`` drives the
+        node this way, without its service loops)."""
+        await self._flush_all()
+
     async def wait_flushed(self) -> None:
         """Wait until everything added so far is written (or rejected)."""
         if self._buffer:

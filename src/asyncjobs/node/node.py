@@ -267,6 +267,10 @@ class Node:
             self.completer.add(outcome)
             self.fetcher.slot_freed()
 
+    async def wait_idle(self) -> None:
+        """Until no job runs on this node."""
+        await self._idle.wait()
+
     @property
     def free(self) -> int:
         """How many more jobs this node can run now."""

@@ -242,6 +242,9 @@ class Store(Protocol):
     async def watch(self, job_id: JobId) -> JobRecord | None:
         """Ask to be told (a ``finished`` event) when the job ends, and return it as it is now."""
 
+    async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
+        """The first ``limit`` jobs named ``name``, oldest first (for tests: not indexed)."""
+
     # -- nodes ---------------------------------------------------------------------------------
 
     async def register_node(self, node: NodeInfo) -> None: ...

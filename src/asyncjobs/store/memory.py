@@ -309,6 +309,11 @@ class MemoryStore:
             self._emit("cancel", str(job.id))
         return JobState(job.state)
 
+    async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
+        await anyio.lowlevel.checkpoint()
+        found = sorted((j for j in self.jobs.values() if j.name == name), key=lambda j: j.id)
+        return [_record(j) for j in found[:limit]]
+
     async def watch(self, job_id: JobId) -> JobRecord | None:
         await anyio.lowlevel.checkpoint()
         job = self.jobs.get(job_id)

@@ -295,6 +295,11 @@ class PostgresStore:
                     log.warning("deadlock broken by Postgres; retrying (try %d)", attempt + 1)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["find_jobs"], name, limit)
+        return [record_from_row(r) for r in rows]
+
     async def watch(self, job_id: JobId) -> JobRecord | None:
         async with self._errors():
             row = await self.pool.fetchrow(self.q["watch_job"], job_id)

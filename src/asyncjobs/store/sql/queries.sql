@@ -210,6 +210,11 @@ SELECT coalesce((SELECT state FROM upd), (SELECT state FROM target)) AS state,
 -- One job by id.
 SELECT * FROM {t}jobs WHERE id = $1;
 
+-- name: find_jobs
+-- The first $2 jobs named $1, oldest first. For asyncjobs.testing's assertions: a scan, with
+-- no index behind it, never on a node's path.
+SELECT * FROM {t}jobs WHERE name = $1 ORDER BY id LIMIT $2;
+
 -- name: watch_job
 -- Registers interest in job $1 (its end will be notified) without touching the job's row, and
 -- returns the job as it was. The caller still re-checks now and then: a job ending at this very

@@ -48,6 +48,10 @@ class ManualClock:
     current hour, UTC: close to the database's own clock, and on an hour boundary, so hourly
     schedules fire on the hour. ``await clock.advance(timedelta(hours=1))`` moves it and runs
     what falls due (through the harness it is attached to).
+
+    One decision reads the store's own clock instead: whether a workflow step released with
+    a ``run_at`` ahead waits ``scheduled``. Keep the manual clock near real time (the
+    default) when a test depends on that.
     """
 
     def __init__(self, start: datetime | float | None = None) -> None:

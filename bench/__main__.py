@@ -30,6 +30,7 @@ from . import (
     enqueue_many,
     enqueue_sequential,
     latency,
+    limits,
     pg_restart,
     pool,
     pool_memory,
@@ -62,6 +63,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         pool,
         pool_memory,
         workflows,
+        limits,
     )
 }
 REPEATS = 3

@@ -138,6 +138,10 @@ class App:
         soft_timeout: float | None = None,
         retry: Retry | None = None,
         isolated: bool = False,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | None = None,
     ) -> Callable[[Callable[P, Any]], JobDef[P, R]]: ...
 
     def job(
@@ -152,6 +156,10 @@ class App:
         soft_timeout: float | None = None,
         retry: Retry | None = None,
         isolated: bool = False,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
+        rate_limit: str | None = None,
+        rate_limit_key: str | None = None,
     ) -> JobDef[P, R] | Callable[[Callable[P, Any]], JobDef[P, R]]:
         """Register an ``async def`` as a job, or any function with ``isolated=True``.
 
@@ -166,12 +174,19 @@ class App:
           CPU-heavy or untrusted code, a plain ``def`` (or an ``async def`` that must not share
           the loop). Its soft limit raises ``SoftTimeLimitExceeded`` inside it, its hard limit
           kills the worker. It must be a module-level function (the zygote imports it).
+        - ``concurrency_key``: a key built from the arguments (``"vm:{vm_id}"``); at most
+          ``concurrency_limit`` (default 1) jobs with the same key run at once, across every
+          node. A limit without a key limits this job as a whole.
+        - ``rate_limit``: at most this many starts per period, across every node (``"100/m"``,
+          ``"20/s"``), for this job, or for every job sharing ``rate_limit_key``.
         """
 
         def register(f: Callable[P, Any]) -> JobDef[P, R]:
             return register_job(
                 self.registry, f, name=name, queue=queue, priority=priority, timeout=timeout,
                 soft_timeout=soft_timeout, retry=retry, isolated=isolated,
+                concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+                rate_limit=rate_limit, rate_limit_key=rate_limit_key,
             )  # fmt: skip
 
         return register(fn) if fn is not None else register
@@ -403,6 +418,8 @@ class App:
         priority: int | None = None,
         unique_key: str | None = None,
         after: Sequence[JobId | str] | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
         **kwargs: Any,
     ) -> JobId:
         """Enqueue one job and return its id once it is durably stored.
@@ -411,11 +428,12 @@ class App:
         later. ``queue`` and ``priority`` override the job's own. With ``unique_key``, if an
         unfinished job already holds that key, nothing is inserted and its id is returned.
         With ``after`` (job ids), it waits until every one of those jobs has succeeded, and
-        is cancelled (``upstream_failed``) if one fails. Bad arguments raise before anything
-        is written. Concurrent calls are coalesced into one INSERT per round trip.
+        is cancelled (``upstream_failed``) if one fails. ``concurrency_key`` and
+        ``concurrency_limit`` override the job's own. Bad arguments raise before anything is
+        written. Concurrent calls are coalesced into one INSERT per round trip.
         """
         sig = Signature(self._definition(job).name, args, kwargs, queue, priority, run_at,
-                        delay, unique_key)  # fmt: skip
+                        delay, unique_key, False, concurrency_key, concurrency_limit)  # fmt: skip
         return await self._enqueue(sig, after, None)
 
     async def _enqueue(
@@ -454,7 +472,13 @@ class App:
         now = self.clock.time()
         ids = new_ids(len(items))
         limit = self._settings.max_payload_bytes
-        if len(items) >= BULK_THRESHOLD and all(s.unique_key is None for s in items):
+        if len(items) >= BULK_THRESHOLD and all(
+            s.unique_key is None
+            and s.concurrency_key is None
+            and s.concurrency_limit is None
+            and self._definition(s.name).limits is None
+            for s in items
+        ):
             # COPY, preparing each job while the previous ones stream (see Store.enqueue_bulk).
             try:
                 await store.enqueue_bulk(prepare_bulk(items, ids, now, limit, self._definition))

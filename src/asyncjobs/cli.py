@@ -252,6 +252,44 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+STATUS_ROWS = 50  # keys and buckets shown by `asyncjobs status`
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with _open_store(args) as store:
+        keys = await store.busy_keys(STATUS_ROWS)
+        buckets = await store.rate_buckets(STATUS_ROWS)
+    if args.json:
+        _print_json(
+            {
+                "busy_keys": [k._asdict() for k in keys],
+                "rate_buckets": [b._asdict() for b in buckets],
+            }
+        )
+        return EXIT_OK
+    print("busy concurrency keys (running / limit):" if keys else "no concurrency key is busy")
+    rows = [("KEY", "RUNNING", "HOLDERS")]
+    for k in keys:
+        holders = ", ".join(f"{name} {job_id} on node {node}" for job_id, name, node in k.holders)
+        rows.append((k.key, f"{k.running}/{k.limit}", holders))
+    if keys:
+        _print_rows(rows)
+    print("rate limits:" if buckets else "no rate-limited job has started yet")
+    rows = [("BUCKET", "RATE", "NEXT START")]
+    for b in buckets:
+        budget = "free now" if b.ahead_s <= 0 else f"booked {b.ahead_s:.2f} s ahead"
+        rows.append((b.key, f"{b.starts}/{b.period_s:g}s", budget))
+    if buckets:
+        _print_rows(rows)
+    return EXIT_OK
+
+
+def _print_rows(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 async def cmd_workflow(args: argparse.Namespace) -> int:
     try:
         workflow_id = coerce_job_id(args.id)
@@ -461,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_app_flags(each, required=False)
         _add_settings_flags(each)
     p.set_defaults(func=cmd_schedules)
+
+    p = sub.add_parser(
+        "status",
+        help="busy concurrency keys and their holders, and rate limits' budgets",
+        description="Show the concurrency keys that have running jobs, with the jobs holding "
+        "their slots and the nodes running them, and each rate bucket's rate and next free "
+        "start.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_app_flags(p, required=False)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
         "workflow",

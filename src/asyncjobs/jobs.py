@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from .errors import ConfigurationError, IsolationError, JobDefinitionError
+from .limits import JobLimits, declare_limits
 
 if TYPE_CHECKING:
     from .app import App
@@ -117,6 +118,8 @@ class Signature(NamedTuple):
     unique_key: str | None = None
     # In a workflow: True (``job.si(...)``) keeps the parent's result out of its arguments.
     immutable: bool = False
+    concurrency_key: str | None = None  # overrides the job's own (see asyncjobs.limits)
+    concurrency_limit: int | None = None
 
     def __or__(self, other: Any) -> Any:
         """``a | b`` is ``chain(a, b)``: ``b`` runs after ``a``, with its result."""
@@ -152,6 +155,8 @@ class Signature(NamedTuple):
             and self.run_at is None
             and self.delay is None
             and self.unique_key is None
+            and self.concurrency_key is None
+            and self.concurrency_limit is None
         )
 
 
@@ -172,9 +177,11 @@ class JobDef(Generic[P, R]):
         soft_timeout: float | None,
         retry: Retry | None,
         isolated: bool = False,
+        limits: JobLimits | None = None,
     ) -> None:
         self.fn = fn
         self.isolated = isolated
+        self.limits = limits  # concurrency key and rate limit, if declared
         self.name = name
         self.queue = queue
         self.priority = priority
@@ -214,6 +221,10 @@ def register_job(
     soft_timeout: float | None,
     retry: Retry | None,
     isolated: bool = False,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
+    rate_limit: str | None = None,
+    rate_limit_key: str | None = None,
 ) -> JobDef[P, R]:
     """Validate a declaration and add it to ``registry`` (what ``App.job`` does)."""
     job_name = name if name is not None else getattr(fn, "__name__", repr(fn))
@@ -229,9 +240,13 @@ def register_job(
             f"{_where(fn)} and {_where(existing.fn)} both use this name; pass name=... to one "
             "of them",
         )
+    limits = declare_limits(
+        job_name, fn, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+        rate_limit=rate_limit, rate_limit_key=rate_limit_key,
+    )  # fmt: skip
     definition = JobDef(
         fn, name=job_name, queue=job_queue, priority=priority, timeout=timeout,
-        soft_timeout=soft_timeout, retry=retry, isolated=isolated,
+        soft_timeout=soft_timeout, retry=retry, isolated=isolated, limits=limits,
     )  # fmt: skip
     registry[job_name] = definition
     return definition
@@ -424,6 +439,8 @@ class JobContext:
         priority: int | None = None,
         unique_key: str | None = None,
         after: Sequence[JobId | str] | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
         **kwargs: Any,
     ) -> JobId:
         """Enqueue a follow-up job (same options as ``App.enqueue``).
@@ -435,7 +452,8 @@ class JobContext:
         """
         app = self._require_app("enqueue")
         name = app._definition(job).name
-        sig = Signature(name, args, kwargs, queue, priority, run_at, delay, unique_key)
+        sig = Signature(name, args, kwargs, queue, priority, run_at, delay, unique_key, False,
+                        concurrency_key, concurrency_limit)  # fmt: skip
         return await app._enqueue(sig, after, self.workflow_id if after else None)
 
     async def parent_results(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import orjson
 from .clock import to_timestamp
 from .errors import ConfigurationError, InvalidJobOptionError
 from .jobs import PRIORITY_MAX, PRIORITY_MIN, JobDef, JobId, Signature
+from .limits import MAX_KEY_CHARS, JobLimits, check_limit
 from .serialization import STRICT_JSON, encode_args
 from .settings import check_queue_name
 from .store.base import NewJob
@@ -32,10 +33,11 @@ def prepare(
     name = definition.name
     kwargs = sig.kwargs if type(sig.kwargs) is dict else dict(sig.kwargs)
     payload = encode_args(name, sig.args, kwargs, limit)
+    limited = _limits(sig, definition, kwargs)
     if not sig.has_options:  # the common case: the job's own queue and priority, now
         return NewJob(
             job_id, name, definition.queue, definition.priority, "queued", payload, now,
-            definition.max_attempts, None,
+            definition.max_attempts, None, *limited,
         )  # fmt: skip
     queue = sig.queue if sig.queue is not None else definition.queue
     priority = sig.priority if sig.priority is not None else definition.priority
@@ -59,8 +61,28 @@ def prepare(
         )  # fmt: skip
     state = "scheduled" if run_at > now else "queued"
     return NewJob(
-        job_id, name, queue, priority, state, payload, run_at, definition.max_attempts, key
-    )
+        job_id, name, queue, priority, state, payload, run_at, definition.max_attempts, key,
+        *limited,
+    )  # fmt: skip
+
+
+_NO_LIMITS = (None, None, None, None, None)
+
+
+def _limits(sig: Signature, definition: JobDef[Any, Any], kwargs: Any) -> tuple[Any, ...]:
+    """The job's concurrency key and rate limit values (asyncjobs.limits), if any."""
+    key, limit = sig.concurrency_key, sig.concurrency_limit
+    if definition.limits is None and key is None and limit is None:
+        return _NO_LIMITS
+    name = definition.name
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):
+        raise InvalidJobOptionError(
+            name, "concurrency_key", key, f"use a string of 1 to {MAX_KEY_CHARS} characters"
+        )
+    if limit is not None:
+        check_limit(name, limit, InvalidJobOptionError)
+    limits = definition.limits or JobLimits(None, None, None, None)
+    return limits.values(name, sig.args, kwargs, definition.wants_context, key, limit)
 
 
 def prepare_bulk(
@@ -85,7 +107,13 @@ def prepare_bulk(
         if definition is None:
             definition = definitions[sig.name] = lookup(sig.name)
         kwargs = sig.kwargs
-        if sig[3:8] == _NO_OPTIONS and (not kwargs or type(kwargs) is dict):
+        if (
+            sig[3:8] == _NO_OPTIONS
+            and definition.limits is None
+            and sig.concurrency_key is None
+            and sig.concurrency_limit is None
+            and (not kwargs or type(kwargs) is dict)
+        ):
             try:
                 payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
             except TypeError:
@@ -94,7 +122,7 @@ def prepare_bulk(
                 yield make(
                     NewJob,
                     (job_id, definition.name, definition.queue, definition.priority, "queued",
-                     payload, now, definition.max_attempts, None),
+                     payload, now, definition.max_attempts, None, None, None, None, None, None),
                 )  # fmt: skip
                 continue
         yield prepare(sig, definition, job_id, now, limit)

@@ -110,6 +110,25 @@ def build_app(settings: Settings | None = None) -> App:
             await asyncio.sleep(first_attempt_seconds)
         return {"attempt": ctx.attempt, "pid": os.getpid()}
 
+    @app.job(concurrency_key="k:{key}")
+    async def exclusive(ctx: JobContext, key: str, seconds: float) -> None:
+        """At most one per key at once, across nodes; records its start and end."""
+        await record_event(ctx, "start")
+        await asyncio.sleep(seconds)
+        await record_event(ctx, "end")
+
+    @app.job(concurrency_key="k:{key}", concurrency_limit=3)
+    async def three_at_once(ctx: JobContext, key: str, seconds: float) -> None:
+        """At most three per key at once, across nodes; records its start and end."""
+        await record_event(ctx, "start")
+        await asyncio.sleep(seconds)
+        await record_event(ctx, "end")
+
+    @app.job(rate_limit="20/s")
+    async def rated(ctx: JobContext) -> None:
+        """At most 20 starts in any second, across nodes; records its start."""
+        await record_event(ctx, "start")
+
     @app.job()
     async def note(ctx: JobContext, seconds: float = 0.0) -> None:
         """Appends "<job id> <attempt>" to this process's file in ASYNCJOBS_TEST_RUNS_DIR: a

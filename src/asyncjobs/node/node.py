@@ -18,7 +18,7 @@ import math
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -37,6 +37,7 @@ from .execution import (
     abandoned_outcome,
     execute,
     inputs_too_large_outcome,
+    stopped_outcome,
     unknown_job_outcome,
 )
 from .fetcher import Fetcher
@@ -257,9 +258,28 @@ class Node:
             return
         loop = asyncio.get_running_loop()
         run = execute_isolated if definition.isolated else execute
+        if claimed.delay > 0:  # a rate-limited job, whose booked start is ahead
+            job.task = loop.create_task(self._start_later(job, claimed.delay, run, claimed.args))
+            return
         job.task = loop.create_task(run(self, job, claimed.args))
         if definition.soft_timeout is not None or definition.timeout is not None:
             self._arm_deadlines(job, loop)
+
+    async def _start_later(
+        self, job: RunningJob, delay: float, run: Any, args: bytes | None
+    ) -> None:
+        """Wait for a rate-limited job's booked start, then run it (its time limits count
+        from there). Stopped while it waits, it ends as a stopped job that never started."""
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self.finish(job, stopped_outcome(self, job))
+            return
+        definition = job.definition
+        assert definition is not None
+        if definition.soft_timeout is not None or definition.timeout is not None:
+            self._arm_deadlines(job, asyncio.get_running_loop())
+        await run(self, job, args)
 
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
         """Record how an attempt ended and free its slot (once; later calls are ignored)."""

@@ -31,6 +31,7 @@ ACTIVE_STATES = (*PENDING_STATES, "running")  # not finished
 # it, the step fails with InputsTooLargeError when claimed, instead of building an argument
 # list Postgres cannot hold (a jsonb value is limited to 256 MiB).
 MAX_INPUT_BYTES = 64 * 1024 * 1024
+RATE_HORIZON_S = 2.0  # how far ahead a claim books the starts of rate-limited jobs
 
 
 class NewJob(NamedTuple):
@@ -45,6 +46,19 @@ class NewJob(NamedTuple):
     run_at: float
     max_attempts: int
     unique_key: str | None
+    # Concurrency key and rate limit (asyncjobs.limits); None for most jobs.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_key: str | None = None
+    rate_count: int | None = None
+    rate_period: float | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.concurrency_key is not None or self.rate_key is not None
+
+
+PLAIN_FIELDS = 9  # NewJob's fields every insert statement takes; the rest: limited jobs only
 
 
 class ClaimedJob(NamedTuple):
@@ -59,6 +73,7 @@ class ClaimedJob(NamedTuple):
     # results are over MAX_INPUT_BYTES together (the node then fails the job).
     args: bytes | None
     workflow_id: JobId | None = None
+    delay: float = 0.0  # seconds to wait before starting it: its rate limit's booked start
 
 
 class WorkflowJob(NamedTuple):
@@ -108,6 +123,25 @@ class StepFailure(NamedTuple):
     state: str
     error: dict[str, Any] | None
     reason: str | None
+
+
+class BusyKey(NamedTuple):
+    """A concurrency key with running jobs, and the jobs holding its slots."""
+
+    key: str
+    running: int
+    limit: int
+    holders: list[tuple[JobId, str, JobId | None]]  # (job id, job name, node id)
+
+
+class RateBucket(NamedTuple):
+    """A rate bucket: its rate, and how far ahead (seconds) its next free start is; zero or
+    less means a job may start now."""
+
+    key: str
+    starts: int
+    period_s: float
+    ahead_s: float
 
 
 class ParentResult(NamedTuple):
@@ -331,6 +365,14 @@ class Store(Protocol):
 
     async def parent_results(self, job_id: JobId) -> list[ParentResult]:
         """The job's parents, in edge order, with their results."""
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    async def busy_keys(self, limit: int) -> list[BusyKey]:
+        """Concurrency keys with running jobs, busiest first."""
+
+    async def rate_buckets(self, limit: int) -> list[RateBucket]:
+        """Rate buckets, the most booked ahead first."""
 
     async def list_schedules(self) -> list[ScheduleRecord]: ...
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -28,7 +29,9 @@ from .base import (
     ACTIVE_STATES,
     MAX_INPUT_BYTES,
     PENDING_STATES,
+    RATE_HORIZON_S,
     TERMINAL_STATES,
+    BusyKey,
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
@@ -38,6 +41,7 @@ from .base import (
     Outcome,
     ParentResult,
     PromoteResult,
+    RateBucket,
     ReapedNode,
     ScheduleRecord,
     StepFailure,
@@ -48,6 +52,33 @@ from .base import (
 )
 
 _ACTIVE = frozenset(ACTIVE_STATES)
+
+
+class _Gate:
+    """Admits claims within concurrency keys and rate limits (claim_jobs in Postgres)."""
+
+    def __init__(self, jobs: Iterable[_Job], tat: dict[str, float], now: float) -> None:
+        self.running = Counter(
+            j.concurrency_key for j in jobs if j.state == "running" and j.concurrency_key
+        )
+        self.tat = tat
+        self.now = now
+
+    def admit(self, job: _Job) -> float | None:
+        """None if the job must wait; else the seconds until its booked start."""
+        key, bucket = job.concurrency_key, job.rate_key
+        if key is not None and self.running[key] >= (job.concurrency_limit or 1):
+            return None
+        delay = 0.0
+        if bucket is not None:
+            slot = max(self.tat.get(bucket, self.now), self.now)
+            delay = slot - self.now
+            if delay > RATE_HORIZON_S:
+                return None
+            self.tat[bucket] = slot + (job.rate_period or 0.0) / (job.rate_count or 1)
+        if key is not None:
+            self.running[key] += 1
+        return delay
 
 
 @dataclass(slots=True)
@@ -77,6 +108,21 @@ class _Job:
     pending_deps: int = 0
     has_dependents: bool = False
     pass_results: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_key: str | None = None
+    rate_count: int | None = None
+    rate_period: float | None = None
+
+    def limit_like(self, new: NewJob) -> _Job:
+        """Take ``new``'s concurrency key and rate limit."""
+        self.concurrency_key, self.concurrency_limit = new.concurrency_key, new.concurrency_limit
+        self.rate_key, self.rate_count, self.rate_period = (
+            new.rate_key,
+            new.rate_count,
+            new.rate_period,
+        )
+        return self
 
 
 @dataclass(slots=True)
@@ -128,6 +174,7 @@ class MemoryStore:
     _waiters: set[JobId] = field(default_factory=set)
     schedules: dict[str, _Schedule] = field(default_factory=dict)
     workflows: dict[JobId, _Workflow] = field(default_factory=dict)
+    _rate_tat: dict[str, float] = field(default_factory=dict)  # rate buckets' next free time
     _parents: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by child
     _children: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by parent
 
@@ -270,7 +317,7 @@ class MemoryStore:
                 new.max_attempts,
                 new.unique_key,
                 now,
-            )
+            ).limit_like(new)
             self.jobs[job.id] = job
             if job.unique_key is not None:
                 self._unique[job.unique_key] = job.id
@@ -387,6 +434,8 @@ class MemoryStore:
                 else:
                     job.reason, job.finished_at = reason, now
                     self._end(job, "lost")
+                if job.concurrency_key is not None:
+                    woken.add(job.queue)  # the slot it held is free
                 counts[job.state] += 1
             requeued, lost, cancelled = counts["queued"], counts["lost"], counts["cancelled"]
             out.append(ReapedNode(node.info.id, node.heartbeat_at, requeued, lost, cancelled))
@@ -430,14 +479,20 @@ class MemoryStore:
         node = self.nodes.get(node_id)
         if node is not None and node.reaped_at is not None:
             return out  # a reaped node claims nothing
+        gate = _Gate(self.jobs.values(), self._rate_tat, time.time())
         for queue, limit in limits.items():
             heap = self._ready.get(queue)
             taken = 0
+            held: list[tuple[int, JobId]] = []  # ready, but their key or bucket is full
             while heap and taken < limit:
-                _, job_id = heapq.heappop(heap)
-                job = self.jobs.get(job_id)
+                entry = heapq.heappop(heap)
+                job = self.jobs.get(entry[1])
                 if job is None or job.state != "queued" or job.queue != queue:
                     continue  # a stale heap entry (cancelled, or re-queued and pushed again)
+                delay = gate.admit(job)
+                if delay is None:
+                    held.append(entry)
+                    continue
                 job.state = "running"
                 job.attempt += 1
                 job.node_id = node_id
@@ -452,9 +507,12 @@ class MemoryStore:
                         job.max_attempts,
                         self._claim_args(job),
                         job.workflow_id,
+                        delay,
                     )
                 )
                 taken += 1
+            for entry in held:
+                heapq.heappush(self._ready[queue], entry)
         return out
 
     async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
@@ -510,6 +568,8 @@ class MemoryStore:
                 self._end(job, state)
             else:
                 raise ValueError(f"an outcome cannot move a job to {o.state!r}")
+            if job.concurrency_key is not None:
+                woken.add(job.queue)  # its slot is free for the next job with its key
         self._wake(woken, earliest)
         return rejected
 
@@ -583,7 +643,7 @@ class MemoryStore:
             job = _Job(
                 job_id, t.name, t.queue, t.priority, run.state, t.args, run.fire_at,
                 t.max_attempts, None, time.time(), schedule=defn.name, fire_at=run.fire_at,
-            )  # fmt: skip
+            ).limit_like(t)  # fmt: skip
             self.jobs[job_id] = job
             if run.state == "queued":
                 self._make_ready(job)
@@ -662,7 +722,7 @@ class MemoryStore:
                     pending_deps=w.pending_deps,
                     has_dependents=w.has_dependents,
                     pass_results=w.pass_results,
-                )
+                ).limit_like(j)
             )
             if queue is not None:
                 woken.add(queue)
@@ -700,7 +760,7 @@ class MemoryStore:
             job.id, job.name, job.queue, job.priority, state, job.args, job.run_at,
             job.max_attempts, None, now, workflow_id=workflow_id, step=step,
             pending_deps=pending, reason=reason, finished_at=now if reason else None,
-        )  # fmt: skip
+        ).limit_like(job)  # fmt: skip
         if not reason:
             for dep in active:
                 self.jobs[dep].has_dependents = True
@@ -777,6 +837,36 @@ class MemoryStore:
                 result = None if p.result is None else orjson.loads(p.result)
                 out.append(ParentResult(p.id, p.name, p.step, p.state, result))
         return out
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    async def busy_keys(self, limit: int) -> list[BusyKey]:
+        await anyio.lowlevel.checkpoint()
+        by_key: dict[str, list[_Job]] = {}
+        for job in sorted(self.jobs.values(), key=lambda j: j.id):
+            if job.state == "running" and job.concurrency_key is not None:
+                by_key.setdefault(job.concurrency_key, []).append(job)
+        keys = sorted(by_key.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:limit]
+        return [
+            BusyKey(
+                key,
+                len(jobs),
+                max(j.concurrency_limit or 1 for j in jobs),
+                [(j.id, j.name, j.node_id) for j in jobs],
+            )
+            for key, jobs in keys
+        ]
+
+    async def rate_buckets(self, limit: int) -> list[RateBucket]:
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        rates = {
+            j.rate_key: (j.rate_count or 1, j.rate_period or 0.0)
+            for j in self.jobs.values()
+            if j.rate_key is not None
+        }
+        buckets = sorted(self._rate_tat.items(), key=lambda kv: -kv[1])[:limit]
+        return [RateBucket(key, *rates.get(key, (0, 0.0)), tat - now) for key, tat in buckets]
 
     # -- events --------------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from ..settings import Settings, mask_dsn
 from .base import (
     MAX_INPUT_BYTES,
+    PLAIN_FIELDS,
+    BusyKey,
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
@@ -44,6 +46,7 @@ from .base import (
     Outcome,
     ParentResult,
     PromoteResult,
+    RateBucket,
     ReapedNode,
     ScheduleRecord,
     StepFailure,
@@ -66,13 +69,9 @@ log = logging.getLogger("asyncjobs.store")
 
 _JOB_COLUMNS = ("id", "name", "queue", "priority", "state", "args", "run_at", "max_attempts")
 _WORKFLOW_JOB_COLUMNS = (
-    *_JOB_COLUMNS,
-    "workflow_id",
-    "step",
-    "pending_deps",
-    "has_dependents",
-    "pass_results",
-)
+    *_JOB_COLUMNS, "workflow_id", "step", "pending_deps", "has_dependents", "pass_results",
+    "concurrency_key", "concurrency_limit", "rate_key", "rate_count", "rate_period",
+)  # fmt: skip
 _EDGE_COLUMNS = ("job_id", "ord", "depends_on")
 _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
@@ -194,13 +193,26 @@ class PostgresStore:
         # Jobs without unique keys take a plain INSERT (cheaper than ON CONFLICT). If one of
         # them exists already (a re-sent insert), that INSERT fails whole, writing nothing, and
         # the batch goes again through the ON CONFLICT variant, which skips it.
+        if any(j.limited for j in jobs):  # concurrency keys or rate limits: more columns
+            async with self._errors(), self._enqueue_lane.connection() as con:
+                written = await con.fetch(
+                    self.q["insert_jobs_limited"], *(list(c) for c in zip(*jobs, strict=True))
+                )
+            if len(written) == len(jobs):
+                return [j.id for j in jobs]
+            async with self._errors():
+                return await self._resolve_skipped(jobs, {r[0] for r in written})
         unique = any(j.unique_key is not None for j in jobs)
         # A single enqueue (the common case) takes scalar parameters, not unnest arrays.
         single = len(jobs) == 1
         plain, keyed = (
             ("insert_job", "insert_job_unique") if single else ("insert_jobs", "insert_jobs_unique")
         )
-        params = tuple(jobs[0]) if single else tuple(zip(*jobs, strict=True))
+        params = (
+            tuple(jobs[0])[:PLAIN_FIELDS]
+            if single
+            else tuple(zip(*jobs, strict=True))[:PLAIN_FIELDS]
+        )
         async with self._errors(), self._enqueue_lane.connection() as con:
             rows = None
             if not unique:
@@ -225,8 +237,8 @@ class PostgresStore:
             # coroutine resume per row.
             nonlocal earliest_scheduled
             for j in jobs:
-                if j.unique_key is not None:
-                    raise ValueError("enqueue_bulk cannot honour unique keys; use enqueue")
+                if j.unique_key is not None or j.limited:
+                    raise ValueError("enqueue_bulk cannot honour unique keys or limits")
                 when = times.get(j.run_at)
                 if when is None:
                     when = times[j.run_at] = to_datetime(j.run_at)
@@ -409,6 +421,8 @@ class PostgresStore:
                     self.q["insert_runs"], defn.name, t.name, t.queue, t.priority, t.args,
                     t.max_attempts, new_ids(len(decision.runs)),
                     [r.fire_at for r in decision.runs], [r.state for r in decision.runs],
+                    t.concurrency_key, t.concurrency_limit, t.rate_key, t.rate_count,
+                    t.rate_period,
                 )  # fmt: skip
             await con.execute(
                 self.q["advance_schedule"], defn.name, decision.last_fire_at,
@@ -450,7 +464,8 @@ class PostgresStore:
             records.append(
                 (j.id, j.name, j.queue, j.priority, j.state, j.args, to_datetime(j.run_at),
                  j.max_attempts, workflow.id, w.step, w.pending_deps, w.has_dependents,
-                 w.pass_results)
+                 w.pass_results, j.concurrency_key, j.concurrency_limit, j.rate_key,
+                 j.rate_count, j.rate_period)
             )  # fmt: skip
         async with self._errors(), self._enqueue_lane.connection() as con, con.transaction():
             inserted = await con.fetchval(
@@ -494,7 +509,8 @@ class PostgresStore:
             found = await con.fetchval(
                 self.q["insert_dependent"], job.id, job.name, job.queue, job.priority, state,
                 job.args, job.run_at, job.max_attempts, workflow_id, pending, step, None,
-                reason,
+                reason, job.concurrency_key, job.concurrency_limit, job.rate_key,
+                job.rate_count, job.rate_period,
             )  # fmt: skip
             if found is not None:  # not a retried insert
                 await con.execute(
@@ -558,6 +574,26 @@ class PostgresStore:
             )
             for r in rows
         ]
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    async def busy_keys(self, limit: int) -> list[BusyKey]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["busy_keys"], limit)
+        return [
+            BusyKey(
+                r["key"],
+                r["running"],
+                r["lim"],
+                list(zip(r["ids"], r["names"], r["nodes"], strict=True)),
+            )
+            for r in rows
+        ]
+
+    async def rate_buckets(self, limit: int) -> list[RateBucket]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["rate_buckets"], limit)
+        return [RateBucket(*r) for r in rows]
 
     # -- events --------------------------------------------------------------------------------
 

@@ -70,6 +70,30 @@ SELECT id, pg_notify('{channel}', CASE WHEN state = 'queued' THEN 'q:' || queue
                                        ELSE 's:' || extract(epoch FROM run_at) END)
 FROM ins;
 
+-- name: insert_jobs_limited
+-- Like insert_jobs_unique, for batches where some job has a concurrency key or a rate limit
+-- (the extra columns stay out of the common statements).
+WITH ins AS (
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
+                         concurrency_key, concurrency_limit, rate_key, rate_count, rate_period)
+    SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
+           u.max_attempts, u.unique_key, u.ckey, u.climit, u.rkey, u.rcount, u.rperiod
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::{t}job_state[],
+                $6::jsonb[], $7::float8[], $8::integer[], $9::text[], $10::text[],
+                $11::integer[], $12::text[], $13::integer[], $14::float8[])
+         AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
+              ckey, climit, rkey, rcount, rperiod)
+    ON CONFLICT DO NOTHING
+    RETURNING id, queue, state, run_at
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue)
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS q
+    UNION ALL
+    SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
+    FROM ins WHERE state = 'scheduled' HAVING count(*) > 0
+)
+SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
+
 -- name: notify_new
 -- Wakes nodes after a COPY (which cannot notify by itself): one notification per queue that
 -- got ready jobs ($1), and one for the earliest new scheduled job ($2, may be null).
@@ -88,52 +112,10 @@ LEFT JOIN {t}jobs AS other
       AND other.state IN ('scheduled', 'waiting', 'queued', 'running');
 
 -- name: claim
--- Claims at most $3[i] ready jobs from queue $2[i], highest priority first, then oldest, and
--- never one another node holds (SKIP LOCKED). Rows are then updated by primary key, so the plan
--- does not depend on table statistics. Each claim bumps the attempt: (attempt, node) is the
--- fencing token every later write of this attempt must match. A reaped node claims nothing.
--- A workflow step that takes its parents' results gets them put before its own arguments
--- (at most $5 bytes of them).
-UPDATE {t}jobs AS j
-SET state = 'running', attempt = j.attempt + 1, node_id = $1, started_at = to_timestamp($4),
-    cancel_requested = false
-WHERE j.id = ANY(ARRAY(
-    SELECT c.id
-    FROM unnest($2::text[], $3::integer[]) AS q(name, lim)
-    CROSS JOIN LATERAL (
-        SELECT id FROM {t}jobs
-        WHERE state = 'queued' AND queue = q.name
-        ORDER BY priority DESC, id
-        LIMIT q.lim
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    -- A reaped node claims nothing: jobs it took now would have no reaper left to free them.
-    WHERE EXISTS (SELECT 1 FROM {t}nodes WHERE id = $1 AND reaped_at IS NULL)
-))
-RETURNING j.id, j.name, j.queue, j.attempt, j.max_attempts,
-          -- Read under the claim's snapshot, in which every parent has succeeded (the
-          -- statement that recorded that released this job). A subquery, not a function:
-          -- only evaluated for steps that take results, and planned with the statement.
-          CASE WHEN j.pass_results IS NULL THEN j.args
-               -- results too large to pass, all together ($5 bytes): null args, and the node
-               -- fails the step (a jsonb over 256 MiB would fail this whole claim)
-               WHEN (SELECT sum(octet_length((SELECT p.result FROM {t}jobs AS p
-                                              WHERE p.id = d.depends_on)::text))
-                     FROM {t}job_deps AS d WHERE d.job_id = j.id) > $5 THEN NULL
-               ELSE (SELECT jsonb_build_array(
-                                jsonb_build_array(CASE j.pass_results
-                                                      WHEN 'one' THEN r.results -> 0
-                                                      ELSE r.results END) || (j.args -> 0),
-                                j.args -> 1)
-                     FROM (SELECT coalesce(jsonb_agg(
-                                          -- by primary key: a join here could be planned
-                                          -- as a scan of the jobs table per claimed row
-                                          (SELECT p.result FROM {t}jobs AS p
-                                           WHERE p.id = d.depends_on)
-                                          ORDER BY d.ord), '[]') AS results
-                           FROM {t}job_deps AS d WHERE d.job_id = j.id) AS r)
-          END,
-          j.workflow_id;
+-- Claims ready jobs for node $1: at most $3[i] from queue $2[i], within their concurrency keys
+-- and rate limits; $4 is the claim time, $5 the most bytes of parents' results a workflow
+-- step receives. See claim_jobs in migrations/0005_limits.sql.
+SELECT * FROM {t}claim_jobs($1, $2, $3, $4, $5);
 
 -- name: release_claims
 -- Gives back the jobs node $1 holds as running without knowing it ($2: the ones it runs or has
@@ -281,14 +263,16 @@ WITH dead AS (
                       THEN j.run_at ELSE now() END
     FROM marked AS m
     WHERE j.node_id = m.id AND j.state = 'running'
-    RETURNING j.id, j.node_id, j.queue, j.state, j.has_dependents
+    RETURNING j.id, j.node_id, j.queue, j.state, j.has_dependents, j.concurrency_key
 ), waited AS (
     DELETE FROM {t}waiters AS w USING moved
     WHERE w.job_id = moved.id AND moved.state <> 'queued'
     RETURNING w.job_id
 ), wake AS (
+    -- re-queued jobs, and the slots the dead node's keyed jobs held
     SELECT pg_notify('{channel}', 'q:' || queue)
-    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'queued') AS q
+    FROM (SELECT DISTINCT queue FROM moved
+          WHERE state = 'queued' OR concurrency_key IS NOT NULL) AS q
     UNION ALL
     SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
 )
@@ -349,9 +333,12 @@ WITH nodes AS (
         FOR UPDATE SKIP LOCKED
     ))
     RETURNING id
+), buckets AS (
+    -- rate buckets idle for the retention period (a new start recreates one)
+    DELETE FROM {t}rate_buckets WHERE tat < now() - make_interval(secs => $1) RETURNING key
 )
 SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS waiters,
-       (SELECT count(*) FROM workflows) AS workflows;
+       (SELECT count(*) FROM workflows) AS workflows, (SELECT count(*) FROM buckets) AS buckets;
 
 -- name: deregister_node
 -- Marks node $1 as cleanly stopped.
@@ -381,11 +368,14 @@ FOR UPDATE OF s;
 
 -- name: insert_runs
 -- Inserts the runs of one firing (under the schedule's lock): one job per fire time, never two
--- for the same (schedule, fire time), and wakes the nodes serving the queue.
+-- for the same (schedule, fire time), and wakes the nodes serving the queue. $10..$14: the
+-- template's concurrency key and rate limit.
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts,
-                         schedule, fire_at)
-    SELECT r.id, $2, $3, $4, r.state, $5, to_timestamp(r.fire_at), $6, $1, to_timestamp(r.fire_at)
+                         schedule, fire_at, concurrency_key, concurrency_limit, rate_key,
+                         rate_count, rate_period)
+    SELECT r.id, $2, $3, $4, r.state, $5, to_timestamp(r.fire_at), $6, $1, to_timestamp(r.fire_at),
+           $10, $11, $12, $13, $14
     FROM unnest($7::uuid[], $8::float8[], $9::{t}job_state[]) AS r(id, fire_at, state)
     ON CONFLICT DO NOTHING
     RETURNING queue, state
@@ -463,12 +453,14 @@ UPDATE {t}jobs SET has_dependents = true WHERE id = ANY($1::uuid[]) AND NOT has_
 -- name: insert_dependent
 -- Inserts one job that depends on others: waiting (with $10 unfinished dependencies), or
 -- queued, scheduled, or cancelled at once (reason $13) when a dependency already failed.
+-- $14..$18: its concurrency key and rate limit.
 -- Wakes the nodes if it is ready. Returns nothing if the id exists (a retried insert).
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts,
-                         workflow_id, pending_deps, step, pass_results, reason, finished_at)
+                         workflow_id, pending_deps, step, pass_results, reason, finished_at,
+                         concurrency_key, concurrency_limit, rate_key, rate_count, rate_period)
     VALUES ($1, $2, $3, $4, $5::{t}job_state, $6, to_timestamp($7), $8, $9, $10, $11, $12, $13,
-            CASE WHEN $5::{t}job_state = 'cancelled' THEN now() END)
+            CASE WHEN $5::{t}job_state = 'cancelled' THEN now() END, $14, $15, $16, $17, $18)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, queue, state, run_at
 )
@@ -481,6 +473,26 @@ FROM ins;
 -- Edges: job $1[i] runs after job $3[i] succeeds; $2[i] is that parent's position.
 INSERT INTO {t}job_deps (job_id, ord, depends_on)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[]);
+
+-- name: busy_keys
+-- The concurrency keys with running jobs (at most $1, busiest first), with their holders:
+-- read through the partial index of running keyed jobs.
+SELECT concurrency_key AS key, count(*) AS running, max(concurrency_limit) AS lim,
+       array_agg(id ORDER BY id) AS ids, array_agg(name ORDER BY id) AS names,
+       array_agg(node_id ORDER BY id) AS nodes
+FROM {t}jobs
+WHERE state = 'running' AND concurrency_key IS NOT NULL
+GROUP BY concurrency_key
+ORDER BY count(*) DESC, concurrency_key
+LIMIT $1;
+
+-- name: rate_buckets
+-- The rate buckets (at most $1, the most booked ahead first): their rate, and how far ahead
+-- of now (seconds, negative when a start is free now) their next free start is.
+SELECT key, starts, period, extract(epoch FROM tat - clock_timestamp())::float8 AS ahead
+FROM {t}rate_buckets
+ORDER BY tat DESC
+LIMIT $1;
 
 -- name: parent_results
 -- The parents of job $1, in edge order, with their results (what JobContext.parent_results

@@ -122,3 +122,28 @@ async def test_workflow_steps_and_schedules_carry_their_keys(make_app: Callable[
         )
         await app.workflow_result(wid, timeout=TIMEOUT)
     assert most_at_once(spans["vm:vm-5"]) == 1 and len(spans["vm:vm-5"]) == 7
+
+
+async def test_a_backlog_for_one_busy_key_holds_back_no_other_key(
+    make_app: Callable[..., App],
+) -> None:
+    """500 jobs for one key (its slot held) are ahead of 20 jobs with other keys: the others
+    run at once, and the backlog (parked, out of the ready set) drains,
+    one at a time, once the slot frees."""
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    app = make_app(concurrency=50)
+    declare(app, spans, [])
+    async with app:
+        held = await app.enqueue("provision", "hot", 30)
+        await wait_until(lambda: _running(app, held), timeout=TIMEOUT)
+        backlog = await app.enqueue_many([app.signature("provision", "hot", 0) for _ in range(500)])
+        others = await app.enqueue_many(
+            [app.signature("provision", f"cold-{i}", 0) for i in range(20)]
+        )
+        for job_id in others:
+            assert await app.result(job_id, timeout=TIMEOUT) is not None
+        assert [(await app.get(j)).state.value for j in backlog[:5]] == ["queued"] * 5
+        await app.cancel(held)
+        for job_id in backlog:
+            await app.result(job_id, timeout=TIMEOUT)
+    assert most_at_once(spans["vm:hot"]) == 1 and len(spans["vm:hot"]) == 500

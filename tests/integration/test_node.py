@@ -405,8 +405,8 @@ class LostClaimAnswer:
 
     lost = False
 
-    async def claim(self, node_id: Any, limits: Any, now: float) -> Any:
-        claimed = await super().claim(node_id, limits, now)  # type: ignore[misc]
+    async def claim(self, node_id: Any, limits: Any, now: float, freeing: Any = ()) -> Any:
+        claimed = await super().claim(node_id, limits, now, freeing)  # type: ignore[misc]
         if claimed and not self.lost:
             self.lost = True
             raise StoreUnavailableError("test", "the connection broke after the commit")

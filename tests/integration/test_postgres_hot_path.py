@@ -109,6 +109,7 @@ async def test_claim_and_completion_stay_linear_with_stale_statistics(
             [n],
             time.time(),
             MAX_INPUT_BYTES,
+            [],
         )
         assert buffers_touched(claim_plan) < 20 * n, "\n".join(r[0] for r in claim_plan)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from asyncjobs import App, MemoryStore, Settings
 from asyncjobs.jobs import JobId
@@ -20,9 +20,13 @@ class GatedClaims(MemoryStore):
         self.claim_started = asyncio.Event()
 
     async def claim(
-        self, node_id: JobId, limits: Mapping[str, int], now: float
+        self,
+        node_id: JobId,
+        limits: Mapping[str, int],
+        now: float,
+        freeing: Sequence[str] = (),
     ) -> list[ClaimedJob]:
-        answer = await super().claim(node_id, limits, now)
+        answer = await super().claim(node_id, limits, now, freeing)
         if self.gate is not None:
             self.claim_started.set()
             await self.gate.wait()

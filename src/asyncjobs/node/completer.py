@@ -9,6 +9,7 @@ flush is retried with backoff; nothing is dropped. The store fences every outcom
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import anyio
 
@@ -37,9 +38,15 @@ class Completer:
         self._idle = anyio.Event()
         self._idle.set()
         self.flushed = 0  # outcomes written, for metrics and tests
+        # Keys of the buffered outcomes' jobs: their slots are free, but not yet recorded.
+        self._freeing: Counter[str] = Counter()
+        self._key_of: dict[tuple[JobId, int], str] = {}
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, key: str | None = None) -> None:
         self._buffer.append(outcome)
+        if key is not None:
+            self._freeing[key] += 1
+            self._key_of[(outcome.id, outcome.attempt)] = key
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._has_work.set()
@@ -47,6 +54,10 @@ class Completer:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    def freeing_keys(self) -> list[str]:
+        """Concurrency keys of finished jobs whose outcomes are not written yet."""
+        return list(self._freeing)
 
     def pending_ids(self) -> list[JobId]:
         """Jobs whose outcome is not written yet (the batch in flight included)."""
@@ -79,6 +90,13 @@ class Completer:
                 continue
             del self._buffer[: len(batch)]
             self.flushed += len(batch) - len(rejected)
+            if self._key_of:
+                for o in batch:
+                    key = self._key_of.pop((o.id, o.attempt), None)
+                    if key is not None:
+                        self._freeing[key] -= 1
+                        if not self._freeing[key]:
+                            del self._freeing[key]
             delay = RETRY_MIN_S
             if rejected:
                 log.warning(

@@ -38,6 +38,7 @@ class RunningJob:
 
     __slots__ = (
         "attempt",
+        "concurrency_key",
         "ctx",
         "definition",
         "finished",
@@ -59,6 +60,7 @@ class RunningJob:
         self.attempt = claimed.attempt
         self.max_attempts = claimed.max_attempts
         self.workflow_id = claimed.workflow_id
+        self.concurrency_key = claimed.concurrency_key
         self.definition = definition
         self.task: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None

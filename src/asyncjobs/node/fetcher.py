@@ -74,7 +74,9 @@ class Fetcher:
                 try:
                     if self._claims_uncertain:
                         await self._release_unknown_claims()
-                    claimed = await node.store.claim(node.id, limits, node.clock.time())
+                    claimed = await node.store.claim(
+                        node.id, limits, node.clock.time(), node.completer.freeing_keys()
+                    )
                 except StoreError as exc:
                     if isinstance(exc, StoreUnavailableError):
                         self._claims_uncertain = True  # the claim may have committed

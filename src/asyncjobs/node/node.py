@@ -284,7 +284,7 @@ class Node:
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
         """Record how an attempt ended and free its slot (once; later calls are ignored)."""
         if self._release(job):
-            self.completer.add(outcome)
+            self.completer.add(outcome, job.concurrency_key)
             self.fetcher.slot_freed()
 
     async def wait_idle(self) -> None:

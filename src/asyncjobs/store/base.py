@@ -74,6 +74,7 @@ class ClaimedJob(NamedTuple):
     args: bytes | None
     workflow_id: JobId | None = None
     delay: float = 0.0  # seconds to wait before starting it: its rate limit's booked start
+    concurrency_key: str | None = None
 
 
 class WorkflowJob(NamedTuple):
@@ -302,11 +303,16 @@ class Store(Protocol):
         interest (``watch``) older than ``waiter_ttl_s``."""
 
     async def claim(
-        self, node_id: JobId, limits: Mapping[str, int], now: float
+        self,
+        node_id: JobId,
+        limits: Mapping[str, int],
+        now: float,
+        freeing: Sequence[str] = (),
     ) -> list[ClaimedJob]:
         """Claim at most ``limits[queue]`` ready jobs per queue, highest priority first, then
-        oldest. A job is claimed by exactly one node; its attempt number goes up by one. A
-        reaped node claims nothing."""
+        oldest, within their concurrency keys and rate limits. A job is claimed by exactly
+        one node; its attempt number goes up by one. A reaped node claims nothing.
+        ``freeing``: keys of jobs this node finished but has not recorded yet."""
 
     async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
         """Put back to ``queued`` (attempt undone) the jobs running on ``node_id`` that are not

@@ -57,28 +57,35 @@ _ACTIVE = frozenset(ACTIVE_STATES)
 class _Gate:
     """Admits claims within concurrency keys and rate limits (claim_jobs in Postgres)."""
 
-    def __init__(self, jobs: Iterable[_Job], tat: dict[str, float], now: float) -> None:
+    def __init__(
+        self, jobs: Iterable[_Job], tat: dict[str, float], now: float, freeing: frozenset[str]
+    ) -> None:
+        self.freeing = freeing
         self.running = Counter(
             j.concurrency_key for j in jobs if j.state == "running" and j.concurrency_key
         )
         self.tat = tat
         self.now = now
+        self.booked: Counter[str] = Counter()  # turned away this claim, per bucket
 
-    def admit(self, job: _Job) -> float | None:
-        """None if the job must wait; else the seconds until its booked start."""
+    def admit(self, job: _Job) -> tuple[str, float]:
+        """("claim", seconds until its booked start), ("park", 0) when its key is full, or
+        ("later", seconds until its start) when its bucket is booked beyond the horizon."""
         key, bucket = job.concurrency_key, job.rate_key
         if key is not None and self.running[key] >= (job.concurrency_limit or 1):
-            return None
+            return ("skip" if key in self.freeing else "park"), 0.0
         delay = 0.0
+        spacing = (job.rate_period or 0.0) / (job.rate_count or 1)
         if bucket is not None:
-            slot = max(self.tat.get(bucket, self.now), self.now)
+            slot = max(self.tat.get(bucket, self.now), self.now) + self.booked[bucket] * spacing
             delay = slot - self.now
             if delay > RATE_HORIZON_S:
-                return None
-            self.tat[bucket] = slot + (job.rate_period or 0.0) / (job.rate_count or 1)
+                self.booked[bucket] += 1  # the next one waits a spacing longer
+                return "later", delay
+            self.tat[bucket] = slot + spacing
         if key is not None:
             self.running[key] += 1
-        return delay
+        return "claim", delay
 
 
 @dataclass(slots=True)
@@ -113,6 +120,7 @@ class _Job:
     rate_key: str | None = None
     rate_count: int | None = None
     rate_period: float | None = None
+    parked: bool = False  # queued, but out of the ready set until a slot of its key frees
 
     def limit_like(self, new: NewJob) -> _Job:
         """Take ``new``'s concurrency key and rate limit."""
@@ -175,6 +183,7 @@ class MemoryStore:
     schedules: dict[str, _Schedule] = field(default_factory=dict)
     workflows: dict[JobId, _Workflow] = field(default_factory=dict)
     _rate_tat: dict[str, float] = field(default_factory=dict)  # rate buckets' next free time
+    _parked: dict[str, set[JobId]] = field(default_factory=dict)  # queued, waiting for a slot
     _parents: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by child
     _children: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by parent
 
@@ -413,6 +422,7 @@ class MemoryStore:
         )[:limit]
         out: list[ReapedNode] = []
         woken: set[str] = set()
+        freed: list[str] = []
         for node in dead:
             node.reaped_at, node.reaped_by, node.running = now, reaper_id, 0
             stamp = to_datetime(node.heartbeat_at)
@@ -435,11 +445,12 @@ class MemoryStore:
                     job.reason, job.finished_at = reason, now
                     self._end(job, "lost")
                 if job.concurrency_key is not None:
-                    woken.add(job.queue)  # the slot it held is free
+                    freed.append(job.concurrency_key)  # the slot it held is free
                 counts[job.state] += 1
             requeued, lost, cancelled = counts["queued"], counts["lost"], counts["cancelled"]
             out.append(ReapedNode(node.info.id, node.heartbeat_at, requeued, lost, cancelled))
         self._wake(woken)
+        self._unpark(freed)
         return out
 
     async def prune(self, retention_s: float, limit: int) -> int:
@@ -472,26 +483,40 @@ class MemoryStore:
                 del self.workflows[workflow_id]
 
     async def claim(
-        self, node_id: JobId, limits: Mapping[str, int], now: float
+        self,
+        node_id: JobId,
+        limits: Mapping[str, int],
+        now: float,
+        freeing: Sequence[str] = (),
     ) -> list[ClaimedJob]:
         await anyio.lowlevel.checkpoint()
         out: list[ClaimedJob] = []
         node = self.nodes.get(node_id)
         if node is not None and node.reaped_at is not None:
             return out  # a reaped node claims nothing
-        gate = _Gate(self.jobs.values(), self._rate_tat, time.time())
+        gate = _Gate(self.jobs.values(), self._rate_tat, time.time(), frozenset(freeing))
+        later: list[float] = []
+        skipped: list[tuple[int, JobId]] = []
         for queue, limit in limits.items():
             heap = self._ready.get(queue)
             taken = 0
-            held: list[tuple[int, JobId]] = []  # ready, but their key or bucket is full
             while heap and taken < limit:
                 entry = heapq.heappop(heap)
                 job = self.jobs.get(entry[1])
                 if job is None or job.state != "queued" or job.queue != queue:
                     continue  # a stale heap entry (cancelled, or re-queued and pushed again)
-                delay = gate.admit(job)
-                if delay is None:
-                    held.append(entry)
+                verdict, delay = gate.admit(job)
+                if verdict == "skip":  # its key frees as soon as the node records an outcome
+                    skipped.append(entry)
+                    continue
+                if verdict == "park":  # out of the ready set until a slot of its key frees
+                    job.parked = True
+                    self._parked.setdefault(job.concurrency_key or "", set()).add(job.id)
+                    continue
+                if verdict == "later":  # back when its start falls within the horizon
+                    job.run_at = now + delay - RATE_HORIZON_S / 2
+                    self._make_scheduled(job)
+                    later.append(job.run_at)
                     continue
                 job.state = "running"
                 job.attempt += 1
@@ -508,12 +533,45 @@ class MemoryStore:
                         self._claim_args(job),
                         job.workflow_id,
                         delay,
+                        job.concurrency_key,
                     )
                 )
                 taken += 1
-            for entry in held:
+            for entry in skipped:
                 heapq.heappush(self._ready[queue], entry)
+            skipped.clear()
+        if later:
+            self._wake((), min(later))
         return out
+
+    def _unpark(self, keys: Iterable[str]) -> None:
+        """Slots of these keys were freed: unpark as many of their parked jobs as fit, best
+        first (unpark in Postgres)."""
+        woken: list[str] = []
+        for key in set(keys):
+            parked = self._parked.get(key)
+            if not parked:
+                continue
+            running = sum(
+                1 for j in self.jobs.values() if j.state == "running" and j.concurrency_key == key
+            )
+            waiting = sorted(
+                (self.jobs[i] for i in parked if i in self.jobs),
+                key=lambda j: (-j.priority, j.id),
+            )
+            rank = 0
+            for job in waiting:
+                if job.state != "queued" or not job.parked:
+                    parked.discard(job.id)  # cancelled (or otherwise gone) while parked
+                    continue
+                rank += 1
+                if running + rank > (job.concurrency_limit or 1):
+                    break
+                parked.discard(job.id)
+                job.parked = False
+                self._make_ready(job)
+                woken.append(job.queue)
+        self._wake(woken)
 
     async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
         await anyio.lowlevel.checkpoint()
@@ -528,12 +586,14 @@ class MemoryStore:
             job.node_id = job.started_at = None
             self._make_ready(job)
         self._wake(j.queue for j in released)
+        self._unpark(j.concurrency_key for j in released if j.concurrency_key is not None)
         return len(released)
 
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         await anyio.lowlevel.checkpoint()
         rejected: list[JobId] = []
         woken: set[str] = set()
+        freed: list[str] = []
         earliest: float | None = None
         for o in outcomes:
             job = self.jobs.get(o.id)
@@ -569,8 +629,10 @@ class MemoryStore:
             else:
                 raise ValueError(f"an outcome cannot move a job to {o.state!r}")
             if job.concurrency_key is not None:
-                woken.add(job.queue)  # its slot is free for the next job with its key
+                freed.append(job.concurrency_key)
+                woken.add(job.queue)  # jobs left ready while the key was freeing can go
         self._wake(woken, earliest)
+        self._unpark(freed)  # the slots of finished keyed jobs, to the jobs parked for them
         return rejected
 
     async def promote_due(self, now: float, limit: int) -> PromoteResult:

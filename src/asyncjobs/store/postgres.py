@@ -348,6 +348,9 @@ class PostgresStore:
             if ids:  # lost or cancelled jobs with dependents: settle them in the same transaction
                 states = [s for r in rows for s in r["settle_states"] or ()]
                 await con.execute(self.q["settle_jobs"], ids, states)
+            keys = [k for r in rows for k in r["keys"] or ()]
+            if keys:  # the dead node's slots go to the jobs parked for them
+                await con.execute(self.q["unpark"], keys)
             return [ReapedNode(*r[:5]) for r in rows]
 
         return await self._transaction(body)
@@ -365,20 +368,28 @@ class PostgresStore:
             await self.pool.execute(self.q["prune_rest"], retention_s, waiter_ttl_s)
 
     async def claim(
-        self, node_id: JobId, limits: Mapping[str, int], now: float
+        self,
+        node_id: JobId,
+        limits: Mapping[str, int],
+        now: float,
+        freeing: Sequence[str] = (),
     ) -> list[ClaimedJob]:
         async with self._errors(), self._claim_lane.connection() as con:
             rows = await con.fetch(
                 self.q["claim"], node_id, list(limits.keys()), list(limits.values()), now,
-                MAX_INPUT_BYTES,
+                MAX_INPUT_BYTES, list(freeing),
             )  # fmt: skip
         return [ClaimedJob(*r) for r in rows]
 
     async def release_claims(self, node_id: JobId, keep: Sequence[JobId]) -> int:
-        async with self._errors():
-            row = await self.pool.fetchrow(self.q["release_claims"], node_id, list(keep))
-        assert row is not None
-        return int(row["released"])
+        async def body(con: asyncpg.Connection) -> int:
+            row = await con.fetchrow(self.q["release_claims"], node_id, list(keep))
+            assert row is not None
+            if row["keys"]:  # their slots are free again
+                await con.execute(self.q["unpark"], row["keys"])
+            return int(row["released"])
+
+        return await self._transaction(body)
 
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         if not outcomes:

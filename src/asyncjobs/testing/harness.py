@@ -184,9 +184,9 @@ class Harness:
             raise
         add = node.completer.add
 
-        def record(outcome: Outcome) -> None:
+        def record(outcome: Outcome, key: str | None = None) -> None:
             self._outcomes.append(outcome)
-            add(outcome)
+            add(outcome, key)
 
         node.completer.add = record  # type: ignore[method-assign]
         self._node = node

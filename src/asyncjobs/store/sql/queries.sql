@@ -114,8 +114,9 @@ LEFT JOIN {t}jobs AS other
 -- name: claim
 -- Claims ready jobs for node $1: at most $3[i] from queue $2[i], within their concurrency keys
 -- and rate limits; $4 is the claim time, $5 the most bytes of parents' results a workflow
--- step receives. See claim_jobs in migrations/0005_limits.sql.
-SELECT * FROM {t}claim_jobs($1, $2, $3, $4, $5);
+-- step receives, $6 the keys of jobs the node finished but has not recorded yet. See
+-- claim_jobs in migrations/0005_limits.sql.
+SELECT * FROM {t}claim_jobs($1, $2, $3, $4, $5, $6);
 
 -- name: release_claims
 -- Gives back the jobs node $1 holds as running without knowing it ($2: the ones it runs or has
@@ -125,11 +126,14 @@ WITH released AS (
     UPDATE {t}jobs
     SET state = 'queued', attempt = attempt - 1, node_id = NULL, started_at = NULL
     WHERE node_id = $1 AND state = 'running' AND NOT (id = ANY($2::uuid[]))
-    RETURNING queue
+    RETURNING queue, concurrency_key
 ), wake AS (
     SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM released) AS q
 )
-SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM wake) AS woken;
+SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM wake) AS woken,
+       -- the keys whose slots are free again: the caller unparks their waiting jobs
+       (SELECT array_agg(DISTINCT concurrency_key) FROM released
+        WHERE concurrency_key IS NOT NULL) AS keys;
 
 -- name: complete
 -- Applies outcomes reported by node $1, each only if its job still runs that attempt on this
@@ -235,8 +239,8 @@ SELECT EXISTS (SELECT 1 FROM hb) AS alive,
 -- asked to cancel it; queued if it has attempts left (the dead attempt counts); otherwise
 -- lost, with the reason "node <id> stopped heartbeating at <time>". A job's own node racing
 -- the reaper with an outcome loses or wins whole: both lock the job's row and re-check that it
--- is still running. Returns one row per reaped node with what happened to its jobs, and the
--- ended jobs whose dependents must be settled (settle).
+-- is still running. Returns one row per reaped node with what happened to its jobs, the
+-- ended jobs whose dependents must be settled (settle), and the keys whose slots it freed.
 WITH dead AS (
     SELECT id, heartbeat_at FROM {t}nodes
     WHERE reaped_at IS NULL AND id <> $2  -- a node running this is alive: never itself
@@ -269,10 +273,8 @@ WITH dead AS (
     WHERE w.job_id = moved.id AND moved.state <> 'queued'
     RETURNING w.job_id
 ), wake AS (
-    -- re-queued jobs, and the slots the dead node's keyed jobs held
     SELECT pg_notify('{channel}', 'q:' || queue)
-    FROM (SELECT DISTINCT queue FROM moved
-          WHERE state = 'queued' OR concurrency_key IS NOT NULL) AS q
+    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'queued') AS q
     UNION ALL
     SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
 )
@@ -284,7 +286,10 @@ SELECT m.id AS node_id,
        -- jobs that ended with dependents: the caller settles them in the same transaction
        array_agg(mv.id) FILTER (WHERE mv.has_dependents AND mv.state <> 'queued') AS settle_ids,
        array_agg(mv.state) FILTER (WHERE mv.has_dependents AND mv.state <> 'queued')
-           AS settle_states
+           AS settle_states,
+       -- the keys whose slots the dead node held: the caller unparks their waiting jobs
+       array_agg(DISTINCT mv.concurrency_key) FILTER (WHERE mv.concurrency_key IS NOT NULL)
+           AS keys
 FROM marked AS m
 LEFT JOIN moved AS mv ON mv.node_id = m.id
 WHERE (SELECT count(*) FROM wake) >= 0
@@ -428,6 +433,10 @@ SET paused = $2,
     updated_at = now()
 WHERE name = $1
 RETURNING name;
+
+-- name: unpark
+-- Slots of keys $1 were freed: unpark their waiting jobs (see migrations/0005_limits.sql).
+SELECT {t}unpark($1::text[]);
 
 -- name: settle_jobs
 -- After jobs $1 ended in states $2: release the dependents of the succeeded ones, cancel the

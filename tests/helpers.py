@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -24,3 +24,14 @@ async def wait_until(
         if loop.time() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(interval)
+
+
+def most_at_once(spans: Iterable[tuple[Any, Any]]) -> int:
+    """The most (start, end) intervals open at one instant. An end at the same instant as a
+    start closes first: the slot was freed before it was taken."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = current = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak

@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 
 from asyncjobs import App
-from tests.helpers import wait_until
+from tests.helpers import most_at_once, wait_until
 
 from .nodes import NodeRunner, describe, run_cli, subprocess_env
 
@@ -41,17 +41,6 @@ async def intervals(
     for r in rows:
         out[r["key"]].append((r["started"], r["ended"]))
     return out
-
-
-def most_at_once(spans: list[tuple[datetime, datetime]]) -> int:
-    """The most intervals open at one instant (an end at the same instant as a start closes
-    first: the slot was freed before it was taken)."""
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    peak = current = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
 
 
 async def all_succeeded(db: asyncpg.Connection, schema: str, n: int) -> bool:

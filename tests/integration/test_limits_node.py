@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncjobs import App, chain, group
-from tests.helpers import wait_until
+from tests.helpers import most_at_once, wait_until
 
 TIMEOUT = 30.0
 
@@ -32,15 +32,6 @@ def declare(app: App, spans: dict[str, list[tuple[float, float]]], started: list
     @app.job(rate_limit="10/s")
     async def call_api() -> None:
         started.append(time.monotonic())
-
-
-def most_at_once(spans: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    peak = current = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
 
 
 async def test_keys_hold_across_two_nodes_and_free_keys_run(make_app: Callable[..., App]) -> None:

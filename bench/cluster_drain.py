@@ -72,14 +72,14 @@ async def _once(dsn: str, n: int, nodes: int) -> float:
 
 
 async def _wait_for_waiting_claims(dsn: str, nodes: int) -> None:
-    """Until every node's first claim waits on the gate (its text is the claim's own)."""
+    """Until every node's first claim waits on the gate (the claim calls claim_jobs)."""
     con = await asyncpg.connect(dsn)
     try:
         deadline = time.perf_counter() + GATE_TIMEOUT_S
         while True:
             waiting = await con.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%attempt = j.attempt + 1%' AND datname = current_database()"
+                "AND query LIKE '%claim_jobs(%' AND datname = current_database()"
             )
             if waiting >= nodes:
                 return

@@ -30,6 +30,7 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/asyncjobs_bench"
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+LATEST_DIR = RESULTS_DIR / "latest"  # committed: each benchmark's newest full-size result
 TABLE = "asyncjobs_jobs"  # the jobs table under the default table prefix
 NODES_TABLE = "asyncjobs_nodes"  # the nodes table, likewise
 _STATES = frozenset(
@@ -428,5 +429,11 @@ def write_results(
         "machine": ctx.machine,
         "figures": figures,
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    text = json.dumps(doc, indent=2) + "\n"
+    path.write_text(text)
+    if not ctx.quick:
+        # The newest full-size result of each benchmark is committed (results/latest/), so a
+        # run of some benchmarks (--only) on a fresh clone keeps the others' figures.
+        LATEST_DIR.mkdir(exist_ok=True)
+        (LATEST_DIR / f"{name}.json").write_text(text)
     return path

@@ -205,16 +205,17 @@ def markdown(
     lines += [
         "",
         "Per-repeat samples, segment timings and RSS readings are in the JSON files under "
-        "`bench/results/` (not committed).",
+        "`bench/results/`; the newest of each benchmark is committed in `bench/results/latest/`.",
         "",
     ]
     return "\n".join(lines)
 
 
 def newest_docs(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
-    """Each benchmark's newest full-size result file (``--quick`` ones never count)."""
+    """Each benchmark's newest full-size result file (``--quick`` ones never count), from
+    this checkout's runs and the committed ``latest/`` copies."""
     newest: dict[str, dict[str, Any]] = {}
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted([*directory.glob("*.json"), *(directory / "latest").glob("*.json")]):
         doc = json.loads(path.read_text())
         if doc.get("quick"):
             continue

@@ -46,6 +46,97 @@ CREATE TABLE {t}rate_buckets (
     period   float8 NOT NULL
 );
 
+-- Steps 2 and 3 of claim_jobs, for candidates with a key or a bucket (arrays aligned, in
+-- candidate order): returns the ids to claim and each one's delay. Parks and reschedules the
+-- others. Its own function so that its statements, which are long to plan and always take
+-- their index paths, use generic plans from the first call, while the claim's own keep
+-- planning against the table as it is (a plan cached on a near-empty table would scan it).
+CREATE FUNCTION {t}admit_limited(
+    v_ids uuid[], v_keys text[], v_limits integer[], v_buckets text[], v_counts integer[],
+    v_periods float8[], p_freeing text[], OUT o_ids uuid[], OUT o_delays float8[]
+) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_verdicts text[];
+    v_delays float8[];
+    v_at timestamptz;
+    v_woken bigint;
+    c_horizon CONSTANT float8 := 2.0;  -- seconds: how far ahead starts are booked
+BEGIN
+    -- Step 2: one advisory lock per key and per bucket, in a fixed order.
+    PERFORM pg_advisory_xact_lock(hashtext('{t}'), h)
+       FROM (SELECT DISTINCT hashtext(k) AS h
+             FROM (SELECT 'c:' || unnest(v_keys) AS k
+                   UNION ALL SELECT 'r:' || unnest(v_buckets)) AS all_keys
+             WHERE k IS NOT NULL
+             ORDER BY 1) AS locks;
+    -- Step 3, in a new snapshot: the verdicts. Keys first: a job held back by its key
+    -- books no start time.
+    v_at := clock_timestamp();
+    SELECT array_agg(x.id ORDER BY x.ord), array_agg(x.verdict ORDER BY x.ord),
+           array_agg(x.delay ORDER BY x.ord)
+      INTO v_ids, v_verdicts, v_delays
+      FROM (
+          SELECT k.id, k.ord,
+                 CASE WHEN NOT k.fits AND k.key = ANY(p_freeing) THEN 'skip'
+                      WHEN NOT k.fits THEN 'park'
+                      WHEN k.bucket IS NULL THEN 'claim'
+                      WHEN k.slot - extract(epoch FROM v_at) <= c_horizon THEN 'claim'
+                      ELSE 'later' END AS verdict,
+                 CASE WHEN k.bucket IS NULL OR NOT k.fits THEN 0.0
+                      ELSE k.slot - extract(epoch FROM v_at) END AS delay
+          FROM (
+              SELECT f.*,
+                     extract(epoch FROM greatest(coalesce(b.tat, v_at), v_at))
+                     + (row_number() OVER (PARTITION BY f.fits, f.bucket ORDER BY f.ord) - 1)
+                       * f.period / f.cnt AS slot
+              FROM (
+                  SELECT u.*,
+                         u.key IS NULL
+                         OR (SELECT count(*) FROM {t}jobs AS r
+                             WHERE r.concurrency_key = u.key AND r.state = 'running')
+                            + row_number() OVER (PARTITION BY u.key ORDER BY u.ord)
+                            <= u.lim AS fits
+                  FROM unnest(v_ids, v_keys, v_limits, v_buckets, v_counts, v_periods)
+                       WITH ORDINALITY AS u(id, key, lim, bucket, cnt, period, ord)
+              ) AS f
+              LEFT JOIN {t}rate_buckets AS b ON b.key = f.bucket
+          ) AS k
+      ) AS x;
+    -- Parked: out of the ready set until a slot of their key frees.
+    UPDATE {t}jobs SET parked = true
+    WHERE id = ANY(ARRAY(SELECT v.id FROM unnest(v_ids, v_verdicts) AS v(id, verdict)
+                         WHERE v.verdict = 'park'));
+    -- Rescheduled: back just before their start would fall within the horizon.
+    WITH later AS (
+        UPDATE {t}jobs AS j
+        SET state = 'scheduled',
+            run_at = v_at + make_interval(
+                secs => v_delays[array_position(v_ids, j.id)] - c_horizon / 2)
+        WHERE j.id = ANY(ARRAY(SELECT v.id FROM unnest(v_ids, v_verdicts) AS v(id, verdict)
+                               WHERE v.verdict = 'later'))
+        RETURNING j.run_at
+    )
+    SELECT count(*) INTO v_woken
+      FROM (SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
+            FROM later HAVING count(*) > 0) AS wake;
+    -- Each bucket's next free time: one spacing after its last start booked here.
+    INSERT INTO {t}rate_buckets AS b (key, tat, starts, period)
+    SELECT d.bucket,
+           v_at + make_interval(secs => max(d.delay) + max(d.period / d.cnt)),
+           min(d.cnt), max(d.period)
+    FROM unnest(v_verdicts, v_delays, v_buckets, v_counts, v_periods)
+         AS d(verdict, delay, bucket, cnt, period)
+    WHERE d.verdict = 'claim' AND d.bucket IS NOT NULL
+    GROUP BY d.bucket
+    ON CONFLICT (key) DO UPDATE
+    SET tat = EXCLUDED.tat, starts = EXCLUDED.starts, period = EXCLUDED.period;
+    SELECT array_agg(v.id), array_agg(v.delay) INTO o_ids, o_delays
+    FROM unnest(v_ids, v_verdicts, v_delays) AS v(id, verdict, delay)
+    WHERE v.verdict = 'claim';
+END
+$fn$;
+
 -- Claims at most p_limits[i] ready jobs from queue p_queues[i] for node p_node, highest
 -- priority first, then oldest; never one another node holds (SKIP LOCKED), never for a
 -- reaped node. Each claim bumps the attempt: (attempt, node) is the fencing token.
@@ -64,9 +155,7 @@ CREATE FUNCTION {t}claim_jobs(
     p_freeing text[]
 ) RETURNS TABLE (id uuid, name text, queue text, attempt integer, max_attempts integer,
                  args jsonb, workflow_id uuid, delay float8, concurrency_key text)
--- Generic plans from the first call: plpgsql plans each statement afresh for its first five
--- executions, which cost tens of milliseconds per claim on a node that has just started.
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
     v_ids uuid[];
@@ -75,11 +164,7 @@ DECLARE
     v_buckets text[];
     v_counts integer[];
     v_periods float8[];
-    v_verdicts text[];
     v_delays float8[];
-    v_at timestamptz;
-    v_woken bigint;
-    c_horizon CONSTANT float8 := 2.0;  -- seconds: how far ahead starts are booked
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM {t}nodes AS n WHERE n.id = p_node AND n.reaped_at IS NULL) THEN
         RETURN;  -- jobs a reaped node took now would have no reaper left to free them
@@ -103,77 +188,9 @@ BEGIN
 
     IF cardinality(array_remove(v_keys, NULL)) + cardinality(array_remove(v_buckets, NULL)) > 0
     THEN  -- some candidates are limited (otherwise, the common case, straight to the claim)
-        -- Step 2: one advisory lock per key and per bucket, in a fixed order.
-        PERFORM pg_advisory_xact_lock(hashtext('{t}'), h)
-           FROM (SELECT DISTINCT hashtext(k) AS h
-                 FROM (SELECT 'c:' || unnest(v_keys) AS k
-                       UNION ALL SELECT 'r:' || unnest(v_buckets)) AS all_keys
-                 WHERE k IS NOT NULL
-                 ORDER BY 1) AS locks;
-        -- Step 3, in a new snapshot: the verdicts. Keys first: a job held back by its key
-        -- books no start time.
-        v_at := clock_timestamp();
-        SELECT array_agg(x.id ORDER BY x.ord), array_agg(x.verdict ORDER BY x.ord),
-               array_agg(x.delay ORDER BY x.ord)
-          INTO v_ids, v_verdicts, v_delays
-          FROM (
-              SELECT k.id, k.ord,
-                     CASE WHEN NOT k.fits AND k.key = ANY(p_freeing) THEN 'skip'
-                          WHEN NOT k.fits THEN 'park'
-                          WHEN k.bucket IS NULL THEN 'claim'
-                          WHEN k.slot - extract(epoch FROM v_at) <= c_horizon THEN 'claim'
-                          ELSE 'later' END AS verdict,
-                     CASE WHEN k.bucket IS NULL OR NOT k.fits THEN 0.0
-                          ELSE k.slot - extract(epoch FROM v_at) END AS delay
-              FROM (
-                  SELECT f.*,
-                         extract(epoch FROM greatest(coalesce(b.tat, v_at), v_at))
-                         + (row_number() OVER (PARTITION BY f.fits, f.bucket ORDER BY f.ord) - 1)
-                           * f.period / f.cnt AS slot
-                  FROM (
-                      SELECT u.*,
-                             u.key IS NULL
-                             OR (SELECT count(*) FROM {t}jobs AS r
-                                 WHERE r.concurrency_key = u.key AND r.state = 'running')
-                                + row_number() OVER (PARTITION BY u.key ORDER BY u.ord)
-                                <= u.lim AS fits
-                      FROM unnest(v_ids, v_keys, v_limits, v_buckets, v_counts, v_periods)
-                           WITH ORDINALITY AS u(id, key, lim, bucket, cnt, period, ord)
-                  ) AS f
-                  LEFT JOIN {t}rate_buckets AS b ON b.key = f.bucket
-              ) AS k
-          ) AS x;
-        -- Parked: out of the ready set until a slot of their key frees.
-        UPDATE {t}jobs SET parked = true
-        WHERE id = ANY(ARRAY(SELECT v.id FROM unnest(v_ids, v_verdicts) AS v(id, verdict)
-                             WHERE v.verdict = 'park'));
-        -- Rescheduled: back just before their start would fall within the horizon.
-        WITH later AS (
-            UPDATE {t}jobs AS j
-            SET state = 'scheduled',
-                run_at = v_at + make_interval(
-                    secs => v_delays[array_position(v_ids, j.id)] - c_horizon / 2)
-            WHERE j.id = ANY(ARRAY(SELECT v.id FROM unnest(v_ids, v_verdicts) AS v(id, verdict)
-                                   WHERE v.verdict = 'later'))
-            RETURNING j.run_at
-        )
-        SELECT count(*) INTO v_woken
-          FROM (SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
-                FROM later HAVING count(*) > 0) AS wake;
-        -- Each bucket's next free time: one spacing after its last start booked here.
-        INSERT INTO {t}rate_buckets AS b (key, tat, starts, period)
-        SELECT d.bucket,
-               v_at + make_interval(secs => max(d.delay) + max(d.period / d.cnt)),
-               min(d.cnt), max(d.period)
-        FROM unnest(v_verdicts, v_delays, v_buckets, v_counts, v_periods)
-             AS d(verdict, delay, bucket, cnt, period)
-        WHERE d.verdict = 'claim' AND d.bucket IS NOT NULL
-        GROUP BY d.bucket
-        ON CONFLICT (key) DO UPDATE
-        SET tat = EXCLUDED.tat, starts = EXCLUDED.starts, period = EXCLUDED.period;
-        SELECT array_agg(v.id), array_agg(v.delay) INTO v_ids, v_delays
-        FROM unnest(v_ids, v_verdicts, v_delays) AS v(id, verdict, delay)
-        WHERE v.verdict = 'claim';
+        SELECT a.o_ids, a.o_delays INTO v_ids, v_delays
+          FROM {t}admit_limited(v_ids, v_keys, v_limits, v_buckets, v_counts, v_periods,
+                                p_freeing) AS a;
         IF v_ids IS NULL THEN
             RETURN;
         END IF;

@@ -611,6 +611,16 @@ class App:
             raise JobNotFoundError(job_id)
         return state
 
+    async def retry(self, *job_ids: JobId | str) -> list[JobId]:
+        """Queue failed or lost jobs again, for one more attempt; returns those re-queued.
+
+        Jobs in other states are left alone, and so is a job whose unique key another
+        unfinished job holds. In a workflow, the dependents its failure cancelled stay
+        cancelled.
+        """
+        store = self._check_started()
+        return await store.retry_jobs([coerce_job_id(j) for j in job_ids], self.clock.time())
+
     async def result(self, job_id: JobId | str, *, timeout: float | None = None) -> Any:
         """Wait for a job to finish and return its result.
 

@@ -13,11 +13,13 @@ import asyncio
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -30,15 +32,17 @@ from .errors import (
     AsyncJobsError,
     ConfigurationError,
     InvalidJobOptionError,
+    JobNotFoundError,
     PayloadError,
     ScheduleNotFoundError,
     StoreUnavailableError,
     UnknownJobError,
     WorkflowNotFoundError,
 )
-from .jobs import coerce_job_id
+from .ids import id_floor
+from .jobs import JobId, JobRecord, JobState, coerce_job_id
 from .settings import Settings
-from .store.base import ScheduleRecord, Store
+from .store.base import JobQuery, ScheduleRecord, Store
 from .workflows import MAX_FAILURES_SHOWN, WorkflowStatus, status_from
 
 log = logging.getLogger("asyncjobs.cli")
@@ -253,6 +257,156 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 STATUS_ROWS = 50  # keys and buckets shown by `asyncjobs status`
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_ids(values: Sequence[str]) -> list[JobId]:
+    try:
+        return [coerce_job_id(v) for v in values]
+    except ValueError as exc:
+        raise CliError(f"{exc}; pass job ids as printed by enqueue or `asyncjobs jobs`") from None
+
+
+def _since_bound(value: str | None) -> JobId | None:
+    """The smallest id of a job created ``value`` ago ("90s", "30m", "1h", "2d") or since an
+    ISO time: ids are UUIDv7, so this bounds the primary-key scan."""
+    if value is None:
+        return None
+    match = _SINCE.match(value.strip())
+    if match:
+        return id_floor(time.time() - float(match[1]) * _UNIT_S[match[2]])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(
+            f"--since {value!r} is neither a duration (90s, 30m, 1h, 2d) nor an ISO time "
+            "(2026-11-21T10:00:00+00:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return id_floor(when.timestamp())
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    if args.state is not None and args.state not in JobState.__members__.values():
+        states = ", ".join(s.value for s in JobState)
+        raise CliError(f"--state {args.state!r} is not a job state; use one of {states}")
+    if not 1 <= args.limit <= 10_000:
+        raise CliError(f"--limit {args.limit} must be 1 to 10,000")
+    query = JobQuery(
+        args.state, args.queue, args.name, _since_bound(args.since),
+        _parse_ids([args.before])[0] if args.before else None, args.limit,
+    )  # fmt: skip
+    async with _open_store(args) as store:
+        records = await store.list_jobs(query)
+    if args.json:
+        page = [_record_json(r, full=False) for r in records]
+        _print_json(
+            {"jobs": page, "next": str(records[-1].id) if len(records) == args.limit else None}
+        )
+        return EXIT_OK
+    rows = [("ID", "NAME", "QUEUE", "STATE", "ATTEMPT", "CREATED (UTC)", "FINISHED (UTC)")]
+    for r in records:
+        rows.append(
+            (str(r.id), r.name, r.queue, r.state.value, f"{r.attempt}/{r.max_attempts}",
+             f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+             f"{r.finished_at:%Y-%m-%d %H:%M:%S}" if r.finished_at else "-")
+        )  # fmt: skip
+    if records:
+        _print_rows(rows)
+    else:
+        print("no jobs match")
+    if len(records) == args.limit:
+        print(f"more: --before {records[-1].id}")
+    return EXIT_OK
+
+
+def _record_json(r: JobRecord, *, full: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": r.id, "name": r.name, "queue": r.queue, "state": r.state.value,
+        "attempt": r.attempt, "max_attempts": r.max_attempts, "created_at": r.created_at,
+        "started_at": r.started_at, "finished_at": r.finished_at, "node_id": r.node_id,
+        "reason": r.reason,
+    }  # fmt: skip
+    if full:
+        out.update(
+            args=r.args, kwargs=r.kwargs, result=r.result, error=r.error, run_at=r.run_at,
+            priority=r.priority, unique_key=r.unique_key, workflow_id=r.workflow_id,
+            step=r.step, schedule=r.schedule, cancel_requested=r.cancel_requested,
+        )  # fmt: skip
+    return out
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    (job_id,) = _parse_ids([args.id])
+    async with _open_store(args) as store:
+        record = await store.get(job_id)
+    if record is None:
+        raise JobNotFoundError(job_id)
+    if args.json:
+        _print_json(_record_json(record, full=True))
+        return EXIT_OK
+    r = record
+    print(f"job {r.id}: {r.name} [{r.state.value}]")
+    print(f"  queue {r.queue}, priority {r.priority}, attempt {r.attempt} of {r.max_attempts}")
+    call = ", ".join([*(repr(a) for a in r.args), *(f"{k}={v!r}" for k, v in r.kwargs.items())])
+    print(f"  call  {r.name}({call})")
+    for label, when in (("created", r.created_at), ("run at", r.run_at),
+                        ("started", r.started_at), ("finished", r.finished_at)):  # fmt: skip
+        if when is not None:
+            print(f"  {label:<8} {when:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC")
+    if r.started_at and r.finished_at:
+        print(f"  took     {(r.finished_at - r.started_at).total_seconds():.3f} s")
+    if r.node_id:
+        print(f"  node     {r.node_id}")
+    if r.workflow_id:
+        print(f"  workflow {r.workflow_id} (step {r.step})")
+    if r.reason:
+        print(f"  reason   {r.reason}")
+    if r.state is JobState.SUCCEEDED:
+        print(f"  result   {orjson.dumps(r.result).decode()}")
+    if r.error:
+        print(f"  error    {r.error.get('type')}: {r.error.get('message')}")
+        if r.error.get("traceback"):
+            print("\n".join("    " + line for line in r.error["traceback"].rstrip().splitlines()))
+    return EXIT_OK
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    ids = _parse_ids(args.ids)
+    missing = 0
+    async with _open_store(args) as store:
+        for job_id in ids:
+            state = await store.cancel(job_id, args.reason, time.time())
+            if state is None:
+                missing += 1
+                print(f"{job_id}: no such job", file=sys.stderr)
+            elif state is JobState.RUNNING:
+                print(f"{job_id}: running; its node was asked to cancel it")
+            else:
+                print(f"{job_id}: {state.value}")
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    ids = _parse_ids(args.ids)
+    async with _open_store(args) as store:
+        again = set(await store.retry_jobs(ids, time.time()))
+        for job_id in ids:
+            if job_id in again:
+                print(f"{job_id}: queued again")
+                continue
+            record = await store.get(job_id)
+            if record is None:
+                print(f"{job_id}: no such job", file=sys.stderr)
+            else:
+                print(
+                    f"{job_id}: not retried: it is {record.state.value} (only failed or lost "
+                    "jobs are, and not while another unfinished job holds their unique key)",
+                    file=sys.stderr,
+                )
+    return EXIT_OK if len(again) == len(ids) else EXIT_FAILED
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -501,6 +655,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schedules)
 
     p = sub.add_parser(
+        "jobs",
+        help="list jobs, newest first, with filters",
+        description="List jobs, newest first. Pages are keyset-paginated: pass the id printed "
+        "after 'more:' as --before for the next page.",
+    )
+    p.add_argument("--state", help="one state: scheduled, waiting, queued, running, succeeded, "
+                   "failed, cancelled, lost")  # fmt: skip
+    p.add_argument("--queue", help="one queue")
+    p.add_argument("--name", help="one job name")
+    p.add_argument("--since", help="created within a duration (30m, 2h, 1d) or since an ISO time")
+    p.add_argument("--before", help="the id after which to continue (the next page)")
+    p.add_argument("--limit", type=int, default=50, help="jobs per page (default 50)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_app_flags(p, required=False)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser(
+        "show",
+        help="one job: arguments, result or error with traceback, attempts, node, timings",
+    )
+    p.add_argument("id", help="the job's id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_app_flags(p, required=False)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("cancel", help="cancel jobs by id (running ones are stopped by their node)")
+    p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
+    p.add_argument("--reason", default="cancelled from the command line", help="stored on each job")
+    _add_app_flags(p, required=False)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("retry", help="queue failed or lost jobs again, for one more attempt")
+    p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
+    _add_app_flags(p, required=False)
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser(
         "status",
         help="busy concurrency keys and their holders, and rate limits' budgets",
         description="Show the concurrency keys that have running jobs, with the jobs holding "
@@ -563,6 +758,7 @@ def run_command(
         PayloadError,
         ScheduleNotFoundError,
         WorkflowNotFoundError,
+        JobNotFoundError,
     ) as exc:
         return _fail(f"{exc}", EXIT_USAGE)  # the command was given something that cannot work
     except StoreUnavailableError as exc:

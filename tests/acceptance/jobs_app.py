@@ -110,6 +110,12 @@ def build_app(settings: Settings | None = None) -> App:
             await asyncio.sleep(first_attempt_seconds)
         return {"attempt": ctx.attempt, "pid": os.getpid()}
 
+    @app.job()
+    async def fail(ctx: JobContext, message: str) -> None:
+        """Records its attempt, then raises ValueError(message)."""
+        await record_event(ctx, "run")
+        raise ValueError(message)
+
     @app.job(concurrency_key="k:{key}")
     async def exclusive(ctx: JobContext, key: str, seconds: float) -> None:
         """At most one per key at once, across nodes; records its start and end."""

@@ -213,3 +213,67 @@ async def test_workflow_show_and_cancel_as_a_user_runs_them(
         assert result.returncode == 2, describe(result)
         assert_no_traceback(result.stderr)
         assert expected in result.stderr, describe(result)
+
+
+async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
+    nodes: NodeRunner, producer: App, pg_dsn: str, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    env = subprocess_env(pg_dsn, pg_schema)
+    await nodes.start(env=env)
+    failed = await producer.enqueue("fail", "the disk is read-only")
+    done = await producer.enqueue("record")
+    later = await producer.enqueue("record", delay=3600)
+    assert await producer.result(done, timeout=30) is None
+    await wait_until(lambda: _state(producer, failed, "failed"), timeout=30, what="the failure")
+
+    listed = await run_cli("jobs", env=env)
+    assert listed.returncode == 0, describe(listed)
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ID", "NAME", "QUEUE", "STATE"], describe(listed)
+    assert [line.split()[0] for line in lines[1:]] == [str(later), str(done), str(failed)]
+
+    only_failed = await run_cli("jobs", "--state", "failed", env=env)
+    assert [line.split()[:4] for line in only_failed.stdout.splitlines()[1:]] == [
+        [str(failed), "fail", "default", "failed"]
+    ], describe(only_failed)
+    first = await run_cli("jobs", "--limit", "2", "--json", env=env)
+    page = orjson.loads(first.stdout)
+    assert [j["id"] for j in page["jobs"]] == [str(later), str(done)]
+    rest = orjson.loads((await run_cli("jobs", "--before", page["next"], "--json", env=env)).stdout)
+    assert [j["id"] for j in rest["jobs"]] == [str(failed)] and rest["next"] is None
+
+    shown = await run_cli("show", str(failed), env=env)
+    assert shown.returncode == 0, describe(shown)
+    assert f"job {failed}: fail [failed]" in shown.stdout
+    assert "call  fail('the disk is read-only')" in shown.stdout
+    assert "error    ValueError: the disk is read-only" in shown.stdout
+    assert "Traceback (most recent call last):" in shown.stdout
+    detail = orjson.loads((await run_cli("show", str(failed), "--json", env=env)).stdout)
+    assert detail["error"]["type"] == "ValueError" and detail["args"] == ["the disk is read-only"]
+
+    retried = await run_cli("retry", str(failed), env=env)
+    assert retried.returncode == 0 and "queued again" in retried.stdout, describe(retried)
+    runs = f"SELECT count(*) FROM {pg_schema}.acceptance_runs WHERE job_id = $1"
+    await wait_until(lambda: _at_least(db, runs.replace("$1", f"'{failed}'"), 2), timeout=30)
+    await wait_until(lambda: _state(producer, failed, "failed"), timeout=30, what="the retry")
+    assert (await producer.get(failed)).attempt == 2
+
+    refused = await run_cli("retry", str(done), env=env)
+    assert refused.returncode == 1 and "it is succeeded" in refused.stderr, describe(refused)
+    cancelled = await run_cli("cancel", str(later), env=env)
+    assert cancelled.returncode == 0 and f"{later}: cancelled" in cancelled.stdout
+    assert (await producer.get(later)).reason == "cancelled from the command line"
+
+    for args, expected in (
+        (("show", "nope"), "'nope' is not a job id"),
+        (("show", str(uuid.uuid4())), "no job with id"),
+        (("jobs", "--since", "yesterday"), "--since 'yesterday' is neither a duration"),
+    ):
+        result = await run_cli(*args, env=env)
+        assert result.returncode == 2, describe(result)
+        assert_no_traceback(result.stderr)
+        assert expected in result.stderr, describe(result)
+
+
+async def _state(app: App, job_id: object, state: str) -> bool:
+    return (await app.get(job_id)).state.value == state  # type: ignore[arg-type]

@@ -126,6 +126,17 @@ class StepFailure(NamedTuple):
     reason: str | None
 
 
+class JobQuery(NamedTuple):
+    """Filters for ``Store.list_jobs``; None means any."""
+
+    state: str | None = None
+    queue: str | None = None
+    name: str | None = None
+    since: JobId | None = None  # created at or after the time this id encodes (UUIDv7)
+    before: JobId | None = None  # ids below this one: the next page
+    limit: int = 50
+
+
 class BusyKey(NamedTuple):
     """A concurrency key with running jobs, and the jobs holding its slots."""
 
@@ -279,6 +290,14 @@ class Store(Protocol):
 
     async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
         """The first ``limit`` jobs named ``name``, oldest first (for tests: not indexed)."""
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        """Jobs matching ``query``, newest first, at most ``query.limit``; page on with
+        ``before`` = the last id of a page (keyset pagination on the primary key)."""
+
+    async def retry_jobs(self, job_ids: Sequence[JobId], now: float) -> list[JobId]:
+        """Queue failed or lost jobs again, for one more attempt (their workflow dependents,
+        already cancelled, stay cancelled). Returns the ids that were re-queued."""
 
     # -- nodes ---------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from .base import (
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
+    JobQuery,
     NewJob,
     NewWorkflow,
     NodeInfo,
@@ -364,6 +365,38 @@ class MemoryStore:
             job.cancel_requested = True
             self._emit("cancel", str(job.id))
         return JobState(job.state)
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        await anyio.lowlevel.checkpoint()
+        found = [
+            j
+            for j in sorted(self.jobs.values(), key=lambda j: j.id, reverse=True)
+            if (query.state is None or j.state == query.state)
+            and (query.queue is None or j.queue == query.queue)
+            and (query.name is None or j.name == query.name)
+            and (query.since is None or j.id >= query.since)
+            and (query.before is None or j.id < query.before)
+        ]
+        return [_record(j) for j in found[: query.limit]]
+
+    async def retry_jobs(self, job_ids: Sequence[JobId], now: float) -> list[JobId]:
+        await anyio.lowlevel.checkpoint()
+        again: list[JobId] = []
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.state not in ("failed", "lost"):
+                continue
+            if job.unique_key is not None:
+                if job.unique_key in self._unique:
+                    continue  # another unfinished job holds its unique key
+                self._unique[job.unique_key] = job.id
+            job.run_at, job.finished_at, job.error, job.result = now, None, None, None
+            job.reason, job.parked = "retried by request", False
+            job.max_attempts = max(job.max_attempts, job.attempt + 1)
+            self._make_ready(job)
+            again.append(job_id)
+        self._wake(self.jobs[i].queue for i in again)
+        return again
 
     async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
         await anyio.lowlevel.checkpoint()

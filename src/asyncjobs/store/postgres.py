@@ -40,6 +40,7 @@ from .base import (
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
+    JobQuery,
     NewJob,
     NewWorkflow,
     NodeInfo,
@@ -306,6 +307,16 @@ class PostgresStore:
                         raise
                     log.warning("deadlock broken by Postgres; retrying (try %d)", attempt + 1)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["list_jobs"], *query)
+        return [record_from_row(r) for r in rows]
+
+    async def retry_jobs(self, job_ids: Sequence[JobId], now: float) -> list[JobId]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["retry_jobs"], list(job_ids), now)
+        return [r["id"] for r in rows]
 
     async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
         async with self._errors():

@@ -201,6 +201,39 @@ SELECT * FROM {t}jobs WHERE id = $1;
 -- no index behind it, never on a node's path.
 SELECT * FROM {t}jobs WHERE name = $1 ORDER BY id LIMIT $2;
 
+-- name: list_jobs
+-- Jobs, newest first, filtered by state $1, queue $2, name $3 (each may be null), created at
+-- or after id $4 and before id $5 (keyset pagination: UUIDv7 ids carry their creation time),
+-- at most $6. A backward scan of the primary key that stops at $6 matches.
+SELECT * FROM {t}jobs
+WHERE ($1::text IS NULL OR state::text = $1)
+  AND ($2::text IS NULL OR queue = $2)
+  AND ($3::text IS NULL OR name = $3)
+  AND ($4::uuid IS NULL OR id >= $4)
+  AND ($5::uuid IS NULL OR id < $5)
+ORDER BY id DESC
+LIMIT $6;
+
+-- name: retry_jobs
+-- Queues jobs $1 that failed or were lost again, for one more attempt (max_attempts grows if
+-- they had none left), and wakes their queues. Returns the ids re-queued.
+WITH again AS (
+    UPDATE {t}jobs
+    SET state = 'queued', run_at = to_timestamp($2), finished_at = NULL, error = NULL,
+        result = NULL, reason = 'retried by request', parked = false,
+        max_attempts = greatest(max_attempts, attempt + 1)
+    WHERE id = ANY($1::uuid[]) AND state IN ('failed', 'lost')
+      -- not while another unfinished job holds its unique key
+      AND (unique_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM {t}jobs AS o
+          WHERE o.unique_key = {t}jobs.unique_key
+            AND o.state IN ('scheduled', 'waiting', 'queued', 'running')))
+    RETURNING id, queue
+), wake AS (
+    SELECT pg_notify('{channel}', 'q:' || queue) FROM (SELECT DISTINCT queue FROM again) AS q
+)
+SELECT id FROM again WHERE (SELECT count(*) FROM wake) >= 0;
+
 -- name: watch_job
 -- Registers interest in job $1 (its end will be notified) without touching the job's row, and
 -- returns the job as it was. The caller still re-checks now and then: a job ending at this very

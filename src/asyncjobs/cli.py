@@ -411,16 +411,39 @@ async def cmd_retry(args: argparse.Namespace) -> int:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     async with _open_store(args) as store:
+        queues = await store.queue_counts()
+        nodes = await store.live_nodes()
         keys = await store.busy_keys(STATUS_ROWS)
         buckets = await store.rate_buckets(STATUS_ROWS)
+    now = time.time()
     if args.json:
         _print_json(
             {
+                "queues": [q._asdict() for q in queues],
+                "nodes": [n._asdict() for n in nodes],
                 "busy_keys": [k._asdict() for k in keys],
                 "rate_buckets": [b._asdict() for b in buckets],
             }
         )
         return EXIT_OK
+    print("queues:" if queues else "no unfinished jobs")
+    rows: list[tuple[str, ...]] = [
+        ("QUEUE", "QUEUED", "PARKED", "RUNNING", "SCHEDULED", "OLDEST WAIT")
+    ]
+    for q in queues:
+        wait = "-" if q.oldest_queued_at is None else _age(now - q.oldest_queued_at)
+        rows.append((q.queue, str(q.queued), str(q.parked), str(q.running), str(q.scheduled), wait))
+    if queues:
+        _print_rows(rows)
+    print("nodes:" if nodes else "no node is up")
+    rows = [("NODE", "HOST", "PID", "QUEUES", "RUNNING", "HEARTBEAT", "UP FOR")]  # fmt: skip
+    for n in nodes:
+        rows.append(
+            (str(n.id), n.host, str(n.pid), ",".join(n.queues), f"{n.running}/{n.concurrency}",
+             f"{_age(n.heartbeat_age_s)} ago", _age(now - n.started_at))
+        )  # fmt: skip
+    if nodes:
+        _print_rows(rows)
     print("busy concurrency keys (running / limit):" if keys else "no concurrency key is busy")
     rows = [("KEY", "RUNNING", "HOLDERS")]
     for k in keys:
@@ -436,6 +459,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if buckets:
         _print_rows(rows)
     return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 def _print_rows(rows: Sequence[tuple[str, ...]]) -> None:
@@ -697,10 +731,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "status",
-        help="busy concurrency keys and their holders, and rate limits' budgets",
-        description="Show the concurrency keys that have running jobs, with the jobs holding "
-        "their slots and the nodes running them, and each rate bucket's rate and next free "
-        "start.",
+        help="queues, nodes, busy concurrency keys and rate limits",
+        description="Show each queue's unfinished jobs (queued, parked, running, scheduled) and "
+        "oldest wait; the nodes that are up, with their load and heartbeat; the concurrency "
+        "keys that have running jobs, with the jobs holding them; and each rate bucket's rate "
+        "and next free start. Read through indexes only: fast with millions of finished jobs.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_app_flags(p, required=False)

@@ -142,9 +142,15 @@ async def test_a_killed_node_frees_its_slots_after_the_reap(
     shown = await run_cli("status", env=subprocess_env(pg_dsn, pg_schema))
     assert shown.returncode == 0, describe(shown)
     lines = shown.stdout.splitlines()
-    assert lines[0] == "busy concurrency keys (running / limit):", describe(shown)
-    assert lines[2].split()[:4] == ["k:vm-7", "1/1", "exclusive", str(held)], describe(shown)
-    assert lines[2].endswith(f"on node {victim.node_id}"), describe(shown)
+    at = lines.index("busy concurrency keys (running / limit):")
+    assert lines[at + 2].split()[:4] == ["k:vm-7", "1/1", "exclusive", str(held)], describe(shown)
+    assert lines[at + 2].endswith(f"on node {victim.node_id}"), describe(shown)
+    queues = lines[lines.index("queues:") + 2].split()
+    assert queues[:5] == ["default", "0", "0", "1", "0"], describe(shown)
+    node_rows = lines[lines.index("nodes:") + 2 : at]
+    assert sorted(row.split()[0] for row in node_rows) == sorted(
+        [str(victim.node_id), str(survivor.node_id)]
+    ), describe(shown)
     assert "rate limits:" in lines and any(
         line.split()[:2] == ["rated", "20/1s"] for line in lines
     ), describe(shown)

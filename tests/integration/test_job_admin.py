@@ -83,3 +83,36 @@ async def test_retry_leaves_a_job_whose_unique_key_is_taken_again(
         assert await app.retry(first) == []  # "sync:paris" is held by the second job
         await app.cancel(second)
         assert await app.retry(first) == [first]
+
+
+async def test_queue_counts_and_live_nodes(make_app: Callable[..., App]) -> None:
+    import asyncio
+
+    gate = asyncio.Event()
+    app = make_app(queues="default,reports")
+
+    @app.job()
+    async def hold() -> None:
+        await gate.wait()
+
+    @app.job(queue="reports")
+    async def report() -> None: ...
+
+    async with app:
+        running = await app.enqueue(hold)
+        await app.enqueue(report, delay=60)
+        await app.enqueue(report, delay=120)
+
+        async def started() -> bool:
+            return (await app.get(running)).state.value == "running"
+
+        from tests.helpers import wait_until
+
+        await wait_until(started, timeout=TIMEOUT)
+        counts = {q.queue: q for q in await app.store.queue_counts()}
+        assert (counts["default"].running, counts["default"].queued) == (1, 0)
+        assert (counts["reports"].scheduled, counts["reports"].running) == (2, 0)
+        nodes = await app.store.live_nodes()
+        assert [n.id for n in nodes] == [app.node.id]
+        assert nodes[0].queues == ["default", "reports"] and nodes[0].heartbeat_age_s < 30
+        gate.set()

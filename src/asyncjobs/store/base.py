@@ -137,6 +137,30 @@ class JobQuery(NamedTuple):
     limit: int = 50
 
 
+class QueueCounts(NamedTuple):
+    """One queue's unfinished jobs, counted through the partial indexes."""
+
+    queue: str
+    queued: int  # ready to run (parked ones included)
+    parked: int  # queued, waiting for a slot of their concurrency key
+    running: int
+    scheduled: int  # delayed, or waiting for a retry's backoff
+    oldest_queued_at: float | None  # epoch seconds: when the longest-waiting job became due
+
+
+class NodeStatus(NamedTuple):
+    """A node that is up (not stopped, not reaped)."""
+
+    id: JobId
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    running: int  # as of its last heartbeat
+    heartbeat_age_s: float  # by the database's clock
+    started_at: float
+
+
 class BusyKey(NamedTuple):
     """A concurrency key with running jobs, and the jobs holding its slots."""
 
@@ -392,6 +416,12 @@ class Store(Protocol):
         """The job's parents, in edge order, with their results."""
 
     # -- limits ----------------------------------------------------------------------------------
+
+    async def queue_counts(self) -> list[QueueCounts]:
+        """Each queue's queued, parked, running and scheduled jobs, and its oldest wait."""
+
+    async def live_nodes(self) -> list[NodeStatus]:
+        """The nodes that are up, oldest first."""
 
     async def busy_keys(self, limit: int) -> list[BusyKey]:
         """Concurrency keys with running jobs, busiest first."""

@@ -39,9 +39,11 @@ from .base import (
     NewJob,
     NewWorkflow,
     NodeInfo,
+    NodeStatus,
     Outcome,
     ParentResult,
     PromoteResult,
+    QueueCounts,
     RateBucket,
     ReapedNode,
     ScheduleRecord,
@@ -167,6 +169,7 @@ class _Node:
     stopped_at: float | None = None
     reaped_at: float | None = None
     reaped_by: JobId | None = None
+    started_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -934,6 +937,39 @@ class MemoryStore:
         return out
 
     # -- limits ----------------------------------------------------------------------------------
+
+    async def queue_counts(self) -> list[QueueCounts]:
+        await anyio.lowlevel.checkpoint()
+        counts: dict[str, list[Any]] = {}
+        for job in self.jobs.values():
+            if job.state not in ("queued", "running", "scheduled"):
+                continue
+            row = counts.setdefault(job.queue, [0, 0, 0, 0, None])
+            if job.state == "queued":
+                row[0] += 1
+                row[1] += job.parked
+                row[4] = job.run_at if row[4] is None else min(row[4], job.run_at)
+            else:
+                row[2 if job.state == "running" else 3] += 1
+        return [QueueCounts(q, *row) for q, row in sorted(counts.items())]
+
+    async def live_nodes(self) -> list[NodeStatus]:
+        await anyio.lowlevel.checkpoint()
+        now = time.time()
+        up = [n for n in self.nodes.values() if n.reaped_at is None and n.stopped_at is None]
+        return [
+            NodeStatus(
+                n.info.id,
+                n.info.host,
+                n.info.pid,
+                list(n.info.queues),
+                n.info.concurrency,
+                n.running,
+                now - n.heartbeat_at,
+                n.started_at,
+            )
+            for n in up
+        ]
 
     async def busy_keys(self, limit: int) -> list[BusyKey]:
         await anyio.lowlevel.checkpoint()

@@ -44,9 +44,11 @@ from .base import (
     NewJob,
     NewWorkflow,
     NodeInfo,
+    NodeStatus,
     Outcome,
     ParentResult,
     PromoteResult,
+    QueueCounts,
     RateBucket,
     ReapedNode,
     ScheduleRecord,
@@ -598,6 +600,28 @@ class PostgresStore:
         ]
 
     # -- limits ----------------------------------------------------------------------------------
+
+    async def queue_counts(self) -> list[QueueCounts]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["queue_counts"])
+        return [QueueCounts(*r) for r in rows]
+
+    async def live_nodes(self) -> list[NodeStatus]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["live_nodes"])
+        return [
+            NodeStatus(
+                r["id"],
+                r["host"],
+                r["pid"],
+                list(r["queues"]),
+                r["concurrency"],
+                r["running"],
+                r["heartbeat_age_s"],
+                r["started_at"],
+            )
+            for r in rows
+        ]
 
     async def busy_keys(self, limit: int) -> list[BusyKey]:
         async with self._errors():

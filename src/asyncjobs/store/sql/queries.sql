@@ -516,6 +516,41 @@ FROM ins;
 INSERT INTO {t}job_deps (job_id, ord, depends_on)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[]);
 
+-- name: queue_counts
+-- Each queue's unfinished jobs by state, through the partial indexes (ready, parked, running,
+-- scheduled; finished jobs are never read), and when its longest-waiting job became due.
+WITH ready AS (
+    SELECT queue, count(*) AS n, min(run_at) AS oldest FROM {t}jobs
+    WHERE state = 'queued' AND NOT parked GROUP BY queue
+), parked AS (
+    SELECT queue, count(*) AS n, min(run_at) AS oldest FROM {t}jobs
+    WHERE state = 'queued' AND parked GROUP BY queue
+), running AS (
+    SELECT queue, count(*) AS n FROM {t}jobs WHERE state = 'running' GROUP BY queue
+), scheduled AS (
+    SELECT queue, count(*) AS n FROM {t}jobs WHERE state = 'scheduled' GROUP BY queue
+), queues AS (
+    SELECT queue FROM ready UNION SELECT queue FROM parked
+    UNION SELECT queue FROM running UNION SELECT queue FROM scheduled
+)
+SELECT q.queue, coalesce(r.n, 0) + coalesce(p.n, 0) AS queued, coalesce(p.n, 0) AS parked,
+       coalesce(x.n, 0) AS running, coalesce(s.n, 0) AS scheduled,
+       extract(epoch FROM least(r.oldest, p.oldest))::float8 AS oldest_queued_at
+FROM queues AS q
+LEFT JOIN ready AS r USING (queue) LEFT JOIN parked AS p USING (queue)
+LEFT JOIN running AS x USING (queue) LEFT JOIN scheduled AS s USING (queue)
+ORDER BY q.queue;
+
+-- name: live_nodes
+-- The nodes that are up (neither stopped nor reaped), with their heartbeat's age by the
+-- database's clock.
+SELECT id, host, pid, queues, concurrency, running,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
+       extract(epoch FROM started_at)::float8 AS started_at
+FROM {t}nodes
+WHERE reaped_at IS NULL AND stopped_at IS NULL
+ORDER BY started_at;
+
 -- name: busy_keys
 -- The concurrency keys with running jobs (at most $1, busiest first), with their holders:
 -- read through the partial index of running keyed jobs.

@@ -257,6 +257,7 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 STATUS_ROWS = 50  # keys and buckets shown by `asyncjobs status`
+FAILURES_SHOWN = 10  # recent failures shown by `asyncjobs status`
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -413,6 +414,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with _open_store(args) as store:
         queues = await store.queue_counts()
         nodes = await store.live_nodes()
+        failures = await store.recent_failures(FAILURES_SHOWN)
         keys = await store.busy_keys(STATUS_ROWS)
         buckets = await store.rate_buckets(STATUS_ROWS)
     now = time.time()
@@ -423,6 +425,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 "nodes": [n._asdict() for n in nodes],
                 "busy_keys": [k._asdict() for k in keys],
                 "rate_buckets": [b._asdict() for b in buckets],
+                "recent_failures": [_record_json(r, full=False) for r in failures],
             }
         )
         return EXIT_OK
@@ -457,6 +460,18 @@ async def cmd_status(args: argparse.Namespace) -> int:
         budget = "free now" if b.ahead_s <= 0 else f"booked {b.ahead_s:.2f} s ahead"
         rows.append((b.key, f"{b.starts}/{b.period_s:g}s", budget))
     if buckets:
+        _print_rows(rows)
+    print("recent failures:" if failures else "no recent failures")
+    rows = [("JOB", "NAME", "STATE", "ENDED", "ERROR")]
+    for r in failures:
+        ended = "-" if r.finished_at is None else f"{_age(now - r.finished_at.timestamp())} ago"
+        why = r.reason or ""
+        if r.error:
+            why = f"{r.error.get('type', '')}: {r.error.get('message', '')}"
+        rows.append(
+            (str(r.id), r.name, r.state.value, ended, why.splitlines()[0][:80] if why else "")
+        )
+    if failures:
         _print_rows(rows)
     return EXIT_OK
 

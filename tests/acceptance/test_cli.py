@@ -242,6 +242,12 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
     rest = orjson.loads((await run_cli("jobs", "--before", page["next"], "--json", env=env)).stdout)
     assert [j["id"] for j in rest["jobs"]] == [str(failed)] and rest["next"] is None
 
+    status = await run_cli("status", env=env)
+    lines = status.stdout.splitlines()
+    at = lines.index("recent failures:")
+    assert lines[at + 2].split()[:3] == [str(failed), "fail", "failed"], describe(status)
+    assert lines[at + 2].endswith("ValueError: the disk is read-only"), describe(status)
+
     shown = await run_cli("show", str(failed), env=env)
     assert shown.returncode == 0, describe(shown)
     assert f"job {failed}: fail [failed]" in shown.stdout

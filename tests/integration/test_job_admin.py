@@ -58,10 +58,12 @@ async def test_retry_requeues_failed_jobs_for_one_more_attempt(
             await app.result(job, timeout=TIMEOUT)
         record = await app.get(job)
         assert record.state.value == "failed" and record.max_attempts == 1
+        assert [r.id for r in await app.store.recent_failures(5)] == [job]
         assert await app.retry(job) == [job]
         assert await app.result(job, timeout=TIMEOUT) == 2
         record = await app.get(job)
         assert (record.attempt, record.max_attempts, record.error) == (2, 2, None)
+        assert await app.store.recent_failures(5) == []  # retried: no longer a failure
         assert await app.retry(job) == []  # succeeded: not retried
 
 

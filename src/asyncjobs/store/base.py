@@ -423,6 +423,9 @@ class Store(Protocol):
     async def live_nodes(self) -> list[NodeStatus]:
         """The nodes that are up, oldest first."""
 
+    async def recent_failures(self, limit: int) -> list[JobRecord]:
+        """The jobs that failed or were lost most recently, newest first."""
+
     async def busy_keys(self, limit: int) -> list[BusyKey]:
         """Concurrency keys with running jobs, busiest first."""
 

@@ -953,6 +953,16 @@ class MemoryStore:
                 row[2 if job.state == "running" else 3] += 1
         return [QueueCounts(q, *row) for q, row in sorted(counts.items())]
 
+    async def recent_failures(self, limit: int) -> list[JobRecord]:
+        await anyio.lowlevel.checkpoint()
+        failed = [
+            j
+            for j in self.jobs.values()
+            if j.state in ("failed", "lost") and j.finished_at is not None
+        ]
+        failed.sort(key=lambda j: j.finished_at or 0.0, reverse=True)
+        return [_record(j) for j in failed[:limit]]
+
     async def live_nodes(self) -> list[NodeStatus]:
         await anyio.lowlevel.checkpoint()
         now = time.time()

@@ -606,6 +606,11 @@ class PostgresStore:
             rows = await self.pool.fetch(self.q["queue_counts"])
         return [QueueCounts(*r) for r in rows]
 
+    async def recent_failures(self, limit: int) -> list[JobRecord]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["recent_failures"], limit)
+        return [record_from_row(r) for r in rows]
+
     async def live_nodes(self) -> list[NodeStatus]:
         async with self._errors():
             rows = await self.pool.fetch(self.q["live_nodes"])

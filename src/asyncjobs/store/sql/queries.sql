@@ -541,6 +541,13 @@ LEFT JOIN ready AS r USING (queue) LEFT JOIN parked AS p USING (queue)
 LEFT JOIN running AS x USING (queue) LEFT JOIN scheduled AS s USING (queue)
 ORDER BY q.queue;
 
+-- name: recent_failures
+-- The $1 jobs that failed or were lost most recently, through the failures index.
+SELECT * FROM {t}jobs
+WHERE state IN ('failed', 'lost') AND finished_at IS NOT NULL
+ORDER BY finished_at DESC
+LIMIT $1;
+
 -- name: live_nodes
 -- The nodes that are up (neither stopped nor reaped), with their heartbeat's age by the
 -- database's clock.

@@ -432,16 +432,21 @@ class App:
         ``concurrency_limit`` override the job's own. Bad arguments raise before anything is
         written. Concurrent calls are coalesced into one INSERT per round trip.
         """
-        sig = Signature(self._definition(job).name, args, kwargs, queue, priority, run_at,
-                        delay, unique_key, False, concurrency_key, concurrency_limit)  # fmt: skip
-        return await self._enqueue(sig, after, None)
+        definition = self._definition(job)
+        sig = Signature(definition.name, args, kwargs, queue, priority, run_at, delay,
+                        unique_key, False, concurrency_key, concurrency_limit)  # fmt: skip
+        return await self._enqueue(definition, sig, after, None)
 
     async def _enqueue(
-        self, sig: Signature, after: Sequence[JobId | str] | None, workflow_id: JobId | None
+        self,
+        definition: JobDef[Any, Any],
+        sig: Signature,
+        after: Sequence[JobId | str] | None,
+        workflow_id: JobId | None,
     ) -> JobId:
+        """Prepare and write one job (``enqueue`` and ``JobContext.enqueue``)."""
         store = self._check_started()
         assert self._batcher is not None
-        definition = self._definition(sig.name)
         new = prepare(
             sig, definition, new_id(), self.clock.time(), self._settings.max_payload_bytes
         )

@@ -621,6 +621,18 @@ def _add_app_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
     )
 
 
+def _command(
+    parser: argparse.ArgumentParser,
+    func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+    *,
+    app_required: bool = False,
+) -> None:
+    """The flags every command takes (--app, --plugins, the connection), and its function."""
+    _add_app_flags(parser, required=app_required)
+    _add_settings_flags(parser)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asyncjobs",
@@ -671,9 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait for the result and print it (optionally at most SECONDS)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_app_flags(p, required=True)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_enqueue)
+    _command(p, cmd_enqueue, app_required=True)
 
     p = sub.add_parser(
         "migrate",
@@ -681,9 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply pending schema migrations. Safe to run on every "
         "deploy and from several machines at once.",
     )
-    _add_app_flags(p, required=False)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_migrate)
+    _command(p, cmd_migrate)
 
     p = sub.add_parser(
         "schedules",
@@ -699,9 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         one = actions.add_parser(action, help=f"{action} a schedule by name")
         one.add_argument("name", help="the schedule's name")
     for each in actions.choices.values():
-        _add_app_flags(each, required=False)
-        _add_settings_flags(each)
-    p.set_defaults(func=cmd_schedules)
+        _command(each, cmd_schedules)
 
     p = sub.add_parser(
         "jobs",
@@ -717,9 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", help="the id after which to continue (the next page)")
     p.add_argument("--limit", type=int, default=50, help="jobs per page (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_app_flags(p, required=False)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_jobs)
+    _command(p, cmd_jobs)
 
     p = sub.add_parser(
         "show",
@@ -727,22 +731,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id", help="the job's id")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_app_flags(p, required=False)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_show)
+    _command(p, cmd_show)
 
     p = sub.add_parser("cancel", help="cancel jobs by id (running ones are stopped by their node)")
     p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
     p.add_argument("--reason", default="cancelled from the command line", help="stored on each job")
-    _add_app_flags(p, required=False)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_cancel)
+    _command(p, cmd_cancel)
 
     p = sub.add_parser("retry", help="queue failed or lost jobs again, for one more attempt")
     p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
-    _add_app_flags(p, required=False)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_retry)
+    _command(p, cmd_retry)
 
     p = sub.add_parser(
         "status",
@@ -753,9 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and next free start. Read through indexes only: fast with millions of finished jobs.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_app_flags(p, required=False)
-    _add_settings_flags(p)
-    p.set_defaults(func=cmd_status)
+    _command(p, cmd_status)
 
     p = sub.add_parser(
         "workflow",
@@ -771,9 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", help="the workflow's id")
     cancel.add_argument("--reason", default="workflow cancelled", help="stored on each job")
     for each in actions.choices.values():
-        _add_app_flags(each, required=False)
-        _add_settings_flags(each)
-    p.set_defaults(func=cmd_workflow)
+        _command(each, cmd_workflow)
     return parser
 
 

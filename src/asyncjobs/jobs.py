@@ -451,10 +451,10 @@ class JobContext:
         worker has no database.
         """
         app = self._require_app("enqueue")
-        name = app._definition(job).name
-        sig = Signature(name, args, kwargs, queue, priority, run_at, delay, unique_key, False,
-                        concurrency_key, concurrency_limit)  # fmt: skip
-        return await app._enqueue(sig, after, self.workflow_id if after else None)
+        definition = app._definition(job)
+        sig = Signature(definition.name, args, kwargs, queue, priority, run_at, delay,
+                        unique_key, False, concurrency_key, concurrency_limit)  # fmt: skip
+        return await app._enqueue(definition, sig, after, self.workflow_id if after else None)
 
     async def parent_results(self) -> dict[str, Any]:
         """The results of the jobs this one ran after, in order, keyed by step key (a

@@ -148,8 +148,8 @@ def declare_limits(
         if rate_limit_key is not None:
             raise JobDefinitionError(job, "rate_limit_key needs a rate_limit, such as '100/m'")
         return None
-    if concurrency_limit is not None:
-        check_limit(job, concurrency_limit, JobDefinitionError)
+    if concurrency_limit is not None and (why := limit_problem(concurrency_limit)):
+        raise JobDefinitionError(job, f"concurrency_limit={concurrency_limit!r} {why}")
     rate = None
     if rate_limit is not None:
         try:
@@ -168,9 +168,8 @@ def declare_limits(
     )
 
 
-def check_limit(job: str, limit: Any, error: type[Exception]) -> None:
+def limit_problem(limit: Any) -> str | None:
+    """Why ``limit`` cannot be a concurrency limit, or None if it can."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        why = f"concurrency_limit={limit!r} must be a whole number from 1 to {MAX_LIMIT:,}"
-        if error is JobDefinitionError:
-            raise JobDefinitionError(job, why)
-        raise InvalidJobOptionError(job, "concurrency_limit", limit, why.split(" ", 1)[1])
+        return f"must be a whole number from 1 to {MAX_LIMIT:,}"
+    return None

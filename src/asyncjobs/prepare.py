@@ -15,7 +15,7 @@ import orjson
 from .clock import to_timestamp
 from .errors import ConfigurationError, InvalidJobOptionError
 from .jobs import PRIORITY_MAX, PRIORITY_MIN, JobDef, JobId, Signature
-from .limits import MAX_KEY_CHARS, JobLimits, check_limit
+from .limits import MAX_KEY_CHARS, JobLimits, limit_problem
 from .serialization import STRICT_JSON, encode_args
 from .settings import check_queue_name
 from .store.base import NewJob
@@ -79,8 +79,8 @@ def _limits(sig: Signature, definition: JobDef[Any, Any], kwargs: Any) -> tuple[
         raise InvalidJobOptionError(
             name, "concurrency_key", key, f"use a string of 1 to {MAX_KEY_CHARS} characters"
         )
-    if limit is not None:
-        check_limit(name, limit, InvalidJobOptionError)
+    if limit is not None and (why := limit_problem(limit)):
+        raise InvalidJobOptionError(name, "concurrency_limit", limit, why)
     limits = definition.limits or JobLimits(None, None, None, None)
     return limits.values(name, sig.args, kwargs, definition.wants_context, key, limit)
 

@@ -36,6 +36,7 @@ from ..settings import Settings, mask_dsn
 from .base import (
     MAX_INPUT_BYTES,
     PLAIN_FIELDS,
+    TERMINAL_STATES,
     BusyKey,
     ClaimedJob,
     EventHandler,
@@ -79,7 +80,6 @@ _EDGE_COLUMNS = ("job_id", "ord", "depends_on")
 _EVENT_KINDS = {"q": "queue", "s": "scheduled", "c": "cancel", "f": "finished"}
 _LISTEN_RETRY_MAX_S = 5.0  # the LISTEN connection retries with backoff up to this delay
 PRUNE_CLOCK_SLACK_S = 3600.0  # see prune()
-_TERMINAL = frozenset(("succeeded", "failed", "cancelled", "lost"))
 DEADLOCK_TRIES = 3  # see _transaction()
 T = TypeVar("T")
 # JIT off: its compile time (10 ms and more) dwarfs the short statements of a job queue, and
@@ -195,34 +195,26 @@ class PostgresStore:
             return []
         # Jobs without unique keys take a plain INSERT (cheaper than ON CONFLICT). If one of
         # them exists already (a re-sent insert), that INSERT fails whole, writing nothing, and
-        # the batch goes again through the ON CONFLICT variant, which skips it.
-        if any(j.limited for j in jobs):  # concurrency keys or rate limits: more columns
-            async with self._errors(), self._enqueue_lane.connection() as con:
-                written = await con.fetch(
-                    self.q["insert_jobs_limited"], *(list(c) for c in zip(*jobs, strict=True))
-                )
-            if len(written) == len(jobs):
-                return [j.id for j in jobs]
-            async with self._errors():
-                return await self._resolve_skipped(jobs, {r[0] for r in written})
-        unique = any(j.unique_key is not None for j in jobs)
-        # A single enqueue (the common case) takes scalar parameters, not unnest arrays.
-        single = len(jobs) == 1
-        plain, keyed = (
-            ("insert_job", "insert_job_unique") if single else ("insert_jobs", "insert_jobs_unique")
-        )
-        params = (
-            tuple(jobs[0])[:PLAIN_FIELDS]
-            if single
-            else tuple(zip(*jobs, strict=True))[:PLAIN_FIELDS]
-        )
+        # the batch goes again through the ON CONFLICT variant, which skips it. A single
+        # enqueue (the common case) takes scalar parameters, not unnest arrays. A job with a
+        # concurrency key or a rate limit needs the columns only insert_jobs_unique writes.
+        plain_params: tuple[Any, ...]
+        keyed_params: tuple[Any, ...]
+        if len(jobs) == 1 and not jobs[0].limited:
+            plain, keyed = "insert_job", "insert_job_unique"
+            plain_params = keyed_params = tuple(jobs[0])[:PLAIN_FIELDS]
+        else:
+            plain, keyed = "insert_jobs", "insert_jobs_unique"
+            keyed_params = tuple(zip(*jobs, strict=True))
+            plain_params = keyed_params[:PLAIN_FIELDS]
+        straight_to_keyed = any(j.unique_key is not None or j.limited for j in jobs)
         async with self._errors(), self._enqueue_lane.connection() as con:
             rows = None
-            if not unique:
+            if not straight_to_keyed:
                 with suppress(asyncpg.UniqueViolationError):  # then the ON CONFLICT variant
-                    rows = await con.fetch(self.q[plain], *params)
+                    rows = await con.fetch(self.q[plain], *plain_params)
             if rows is None:
-                rows = await con.fetch(self.q[keyed], *params)
+                rows = await con.fetch(self.q[keyed], *keyed_params)
         if len(rows) == len(jobs):
             return [j.id for j in jobs]
         async with self._errors():
@@ -524,7 +516,7 @@ class PostgresStore:
             missing = [d for d in deps if d not in states]
             if missing:
                 raise DependencyNotFoundError(job.name, missing)
-            active = [d for d in deps if states[d] not in _TERMINAL]
+            active = [d for d in deps if states[d] not in TERMINAL_STATES]
             reason = upstream_reason(states[d] for d in deps)
             pending = 0 if reason else len(active)
             state = "cancelled" if reason else ("waiting" if pending else job.state)

@@ -24,27 +24,6 @@ WITH ins AS (
 )
 SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
 
--- name: insert_jobs_unique
--- Like insert_jobs, for batches with unique keys: a job whose unique_key matches an unfinished
--- job (or whose id exists) is skipped, not an error; the caller looks up what it collided with.
-WITH ins AS (
-    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
-    SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
-           u.max_attempts, u.unique_key
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::{t}job_state[],
-                $6::jsonb[], $7::float8[], $8::integer[], $9::text[])
-         AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
-    ON CONFLICT DO NOTHING
-    RETURNING id, queue, state, run_at
-), wake AS (
-    SELECT pg_notify('{channel}', 'q:' || queue)
-    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS q
-    UNION ALL
-    SELECT pg_notify('{channel}', 's:' || extract(epoch FROM min(run_at)))
-    FROM ins WHERE state = 'scheduled' HAVING count(*) > 0
-)
-SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
-
 -- name: insert_job
 -- Inserts one job without a unique key (the common single enqueue) and wakes the nodes or
 -- promoters, in one round trip.
@@ -70,9 +49,11 @@ SELECT id, pg_notify('{channel}', CASE WHEN state = 'queued' THEN 'q:' || queue
                                        ELSE 's:' || extract(epoch FROM run_at) END)
 FROM ins;
 
--- name: insert_jobs_limited
--- Like insert_jobs_unique, for batches where some job has a concurrency key or a rate limit
--- (the extra columns stay out of the common statements).
+-- name: insert_jobs_unique
+-- Like insert_jobs, for batches with unique keys, concurrency keys or rate limits (every
+-- column; the extra ones stay out of the common statements). A job whose unique_key matches
+-- an unfinished job (or whose id exists) is skipped, not an error; the caller looks up what
+-- it collided with.
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
                          concurrency_key, concurrency_limit, rate_key, rate_count, rate_period)

@@ -25,6 +25,7 @@ import uvloop
 from . import (
     cluster_drain,
     concurrent_sleepers,
+    dashboard,
     drain,
     enqueue_concurrent,
     enqueue_many,
@@ -64,6 +65,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         pool_memory,
         workflows,
         limits,
+        dashboard,
     )
 }
 REPEATS = 3

@@ -90,6 +90,14 @@ def spawn_child() -> int:
     return pid
 
 
+def spin(seconds: float) -> float:
+    """Burn CPU for ``seconds`` (a CPU-bound job)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return seconds
+
+
 def preload_buffer() -> None:
     global PRELOADED  # noqa: PLW0603 - filled once, in the zygote
     mb = int(os.environ.get(PRELOAD_ENV, "0"))
@@ -109,7 +117,7 @@ def build_app(settings: Settings, store: Store | None = None, **options: Any) ->
     """A new app with every job above; ``options`` are per-job ``app.job`` options by name."""
     app = App(settings=settings, store=store)
     plain = (echo, whoami, fail, async_double, nap, clean_up_at_soft_limit, ignore_soft_limit,
-             hold_memory, spawn_child, read_preloaded)  # fmt: skip
+             hold_memory, spawn_child, read_preloaded, spin)  # fmt: skip
     for fn in plain:
         app.job(isolated=True, **options.get(fn.__name__, {}))(fn)
     app.job(isolated=True, retry=Retry(attempts=2, backoff=0.0, jitter=0.0, on=(Boom,)))(

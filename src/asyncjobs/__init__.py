@@ -45,6 +45,7 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .jobs import JobContext, JobDef, JobId, JobRecord, JobState, Retry, Signature
+from .node.hooks import Event
 from .schedules import ScheduleDef
 from .settings import Settings
 from .store.memory import MemoryStore
@@ -76,6 +77,7 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "DependencyNotFoundError",
+    "Event",
     "Group",
     "InputsTooLargeError",
     "InvalidJobOptionError",

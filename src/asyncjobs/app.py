@@ -47,6 +47,7 @@ from .jobs import (
     iter_signatures,
     register_job,
 )
+from .node.hooks import Hook, check_hook
 from .prepare import prepare, prepare_bulk
 from .results import ResultWaiters, result_of
 from .schedules import DEFAULT_MAX_CATCHUP, DEFAULT_MISFIRE_GRACE_S, ScheduleDef, make_schedule
@@ -67,6 +68,7 @@ log = logging.getLogger("asyncjobs")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+H = TypeVar("H", bound=Callable[..., Awaitable[None]])
 
 RESULT_RECHECK_S = 2.0  # result() re-reads the job this often, in case a NOTIFY was missed
 BULK_THRESHOLD = 200  # from this many jobs (without unique keys) enqueue_many uses COPY
@@ -98,6 +100,7 @@ class App:
         self.registry: dict[str, JobDef[Any, Any]] = {}
         self.schedules: dict[str, ScheduleDef] = {}
         self.preloads: list[Callable[[], Any]] = []
+        self.hooks: list[tuple[frozenset[str], Hook]] = []
         self._pool: Any = None  # ProcessPool, only when isolated jobs are declared
         self._store: Store | None = None
         self._batcher: EnqueueBatcher | None = None
@@ -207,6 +210,27 @@ class App:
         self.preloads.append(fn)
         return fn
 
+    def on_event(self, *kinds: str) -> Callable[[H], H]:
+        """Declare a lifecycle hook: an ``async def`` called with an ``Event`` for each of
+        ``kinds`` (``job_started``, ``job_finished``, ``job_failed``, ``job_retrying``,
+        ``node_started``, ``node_stopping``) on every node of this app::
+
+            @app.on_event("job_failed")
+            async def report(event: Event) -> None:
+                await log_service.send(event.name, event.error)
+
+        The node never waits for a hook: each hook has its own queue of events and its own
+        task, every call is time-boxed (``hook_timeout_s``), and errors are logged, never
+        raised. A hook that falls far behind loses events (counted in the metrics).
+        """
+
+        def register(fn: H) -> H:
+            check_hook(kinds, fn)
+            self.hooks.append((frozenset(kinds), fn))
+            return fn
+
+        return register
+
     def schedule(
         self,
         name: str,
@@ -299,11 +323,15 @@ class App:
                 from .node.node import Node
 
                 self._node = Node(self, store, self._settings, self._pool)
+                if self._node.metrics is not None:
+                    self._node.metrics.start()  # now: a port in use fails start()
             loop = asyncio.get_running_loop()
             ready: asyncio.Future[None] = loop.create_future()
             self._services = loop.create_task(self._run_services(ready))
             await ready
         except BaseException:
+            if self._node is not None and self._node.metrics is not None:
+                self._node.metrics.stop()
             self._store = None
             self._node = None
             await store.close()

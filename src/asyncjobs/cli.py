@@ -40,7 +40,17 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .ids import id_floor
-from .jobs import JobId, JobRecord, JobState, coerce_job_id
+from .jobs import JobId, JobState, coerce_job_id
+from .monitoring import (
+    CPU_BOUND_FROM,
+    IO_BOUND_BELOW,
+    classify,
+    error_line,
+    record_detail,
+    record_summary,
+    snapshot,
+    snapshot_json,
+)
 from .settings import Settings
 from .store.base import JobQuery, ScheduleRecord, Store
 from .workflows import MAX_FAILURES_SHOWN, WorkflowStatus, status_from
@@ -104,7 +114,8 @@ def import_plugins(spec: str | None) -> None:
 
 def settings_changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
-    for name in ("dsn", "schema", "table_prefix", "concurrency", "queues", "shutdown_grace_s"):
+    for name in ("dsn", "schema", "table_prefix", "concurrency", "queues", "shutdown_grace_s",
+                 "metrics_port"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
@@ -143,13 +154,26 @@ async def cmd_node(args: argparse.Namespace) -> int:
             if app.node is not None:
                 app.node.stop(grace=0.0)
 
+    dashboard = None
+    if args.dashboard_port is not None:  # checked before anything starts
+        from .dashboard.cli import load_server
+
+        dashboard = load_server(None, args.dashboard_port, "--dashboard-port")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await app.start()
         node = app.node
-        await _wait_any(stop.wait(), node.wait_stopped())
+        async with anyio.create_task_group() as tg:
+            if dashboard is not None:
+                serve, token = dashboard
+                url = await tg.start(
+                    serve, app.store, token, args.dashboard_host, args.dashboard_port
+                )
+                log.info("dashboard on %s", url)
+            await _wait_any(stop.wait(), node.wait_stopped())
+            tg.cancel_scope.cancel()
     finally:
         await app.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -256,8 +280,6 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-STATUS_ROWS = 50  # keys and buckets shown by `asyncjobs status`
-FAILURES_SHOWN = 10  # recent failures shown by `asyncjobs status`
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -302,7 +324,7 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     async with _open_store(args) as store:
         records = await store.list_jobs(query)
     if args.json:
-        page = [_record_json(r, full=False) for r in records]
+        page = [record_summary(r) for r in records]
         _print_json(
             {"jobs": page, "next": str(records[-1].id) if len(records) == args.limit else None}
         )
@@ -323,22 +345,6 @@ async def cmd_jobs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _record_json(r: JobRecord, *, full: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": r.id, "name": r.name, "queue": r.queue, "state": r.state.value,
-        "attempt": r.attempt, "max_attempts": r.max_attempts, "created_at": r.created_at,
-        "started_at": r.started_at, "finished_at": r.finished_at, "node_id": r.node_id,
-        "reason": r.reason,
-    }  # fmt: skip
-    if full:
-        out.update(
-            args=r.args, kwargs=r.kwargs, result=r.result, error=r.error, run_at=r.run_at,
-            priority=r.priority, unique_key=r.unique_key, workflow_id=r.workflow_id,
-            step=r.step, schedule=r.schedule, cancel_requested=r.cancel_requested,
-        )  # fmt: skip
-    return out
-
-
 async def cmd_show(args: argparse.Namespace) -> int:
     (job_id,) = _parse_ids([args.id])
     async with _open_store(args) as store:
@@ -346,7 +352,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     if record is None:
         raise JobNotFoundError(job_id)
     if args.json:
-        _print_json(_record_json(record, full=True))
+        _print_json(record_detail(record))
         return EXIT_OK
     r = record
     print(f"job {r.id}: {r.name} [{r.state.value}]")
@@ -357,8 +363,11 @@ async def cmd_show(args: argparse.Namespace) -> int:
                         ("started", r.started_at), ("finished", r.finished_at)):  # fmt: skip
         if when is not None:
             print(f"  {label:<8} {when:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC")
-    if r.started_at and r.finished_at:
-        print(f"  took     {(r.finished_at - r.started_at).total_seconds():.3f} s")
+    if r.queue_wait_s is not None:
+        print(f"  waited   {r.queue_wait_s:.3f} s in the queue")
+    if r.wall_s is not None:
+        cpu = "" if r.cpu_s is None else f", {r.cpu_s:.3f} s of CPU"
+        print(f"  ran      {r.wall_s:.3f} s{cpu}")
     if r.node_id:
         print(f"  node     {r.node_id}")
     if r.workflow_id:
@@ -412,41 +421,36 @@ async def cmd_retry(args: argparse.Namespace) -> int:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     async with _open_store(args) as store:
-        queues = await store.queue_counts()
-        nodes = await store.live_nodes()
-        failures = await store.recent_failures(FAILURES_SHOWN)
-        keys = await store.busy_keys(STATUS_ROWS)
-        buckets = await store.rate_buckets(STATUS_ROWS)
-    now = time.time()
+        snap = await snapshot(store)
     if args.json:
-        _print_json(
-            {
-                "queues": [q._asdict() for q in queues],
-                "nodes": [n._asdict() for n in nodes],
-                "busy_keys": [k._asdict() for k in keys],
-                "rate_buckets": [b._asdict() for b in buckets],
-                "recent_failures": [_record_json(r, full=False) for r in failures],
-            }
-        )
+        _print_json(snapshot_json(snap))
         return EXIT_OK
-    print("queues:" if queues else "no unfinished jobs")
+    now = snap.taken_at
+    print("queues:" if snap.queues else "no unfinished jobs")
     rows: list[tuple[str, ...]] = [
         ("QUEUE", "QUEUED", "PARKED", "RUNNING", "SCHEDULED", "OLDEST WAIT")
     ]
-    for q in queues:
+    for q in snap.queues:
         wait = "-" if q.oldest_queued_at is None else _age(now - q.oldest_queued_at)
         rows.append((q.queue, str(q.queued), str(q.parked), str(q.running), str(q.scheduled), wait))
-    if queues:
+    if snap.queues:
         _print_rows(rows)
-    print("nodes:" if nodes else "no node is up")
-    rows = [("NODE", "HOST", "PID", "QUEUES", "RUNNING", "HEARTBEAT", "UP FOR")]  # fmt: skip
-    for n in nodes:
+    tp = snap.throughput
+    counts = ", ".join(f"{n:,} {outcome}" for outcome, n in sorted(tp.finished.items()))
+    print(
+        f"finished over the last {tp.window_s:.0f} s: {tp.per_s:,.1f} jobs/s"
+        + (f" ({counts})" if counts else "")
+    )
+    print("nodes:" if snap.nodes else "no node is up")
+    rows = [("NODE", "HOST", "PID", "QUEUES", "RUNNING", "WORKERS", "HEARTBEAT", "UP FOR")]
+    for n in snap.nodes:
         rows.append(
             (str(n.id), n.host, str(n.pid), ",".join(n.queues), f"{n.running}/{n.concurrency}",
-             f"{_age(n.heartbeat_age_s)} ago", _age(now - n.started_at))
+             str(n.workers), f"{_age(n.heartbeat_age_s)} ago", _age(now - n.started_at))
         )  # fmt: skip
-    if nodes:
+    if snap.nodes:
         _print_rows(rows)
+    keys = snap.busy_keys
     print("busy concurrency keys (running / limit):" if keys else "no concurrency key is busy")
     rows = [("KEY", "RUNNING", "HOLDERS")]
     for k in keys:
@@ -454,6 +458,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         rows.append((k.key, f"{k.running}/{k.limit}", holders))
     if keys:
         _print_rows(rows)
+    buckets = snap.rate_buckets
     print("rate limits:" if buckets else "no rate-limited job has started yet")
     rows = [("BUCKET", "RATE", "NEXT START")]
     for b in buckets:
@@ -461,19 +466,61 @@ async def cmd_status(args: argparse.Namespace) -> int:
         rows.append((b.key, f"{b.starts}/{b.period_s:g}s", budget))
     if buckets:
         _print_rows(rows)
-    print("recent failures:" if failures else "no recent failures")
+    print("recent failures:" if snap.failures else "no recent failures")
     rows = [("JOB", "NAME", "STATE", "ENDED", "ERROR")]
-    for r in failures:
+    for r in snap.failures:
         ended = "-" if r.finished_at is None else f"{_age(now - r.finished_at.timestamp())} ago"
-        why = r.reason or ""
-        if r.error:
-            why = f"{r.error.get('type', '')}: {r.error.get('message', '')}"
-        rows.append(
-            (str(r.id), r.name, r.state.value, ended, why.splitlines()[0][:80] if why else "")
-        )
-    if failures:
+        rows.append((str(r.id), r.name, r.state.value, ended, error_line(r)))
+    if snap.failures:
         _print_rows(rows)
     return EXIT_OK
+
+
+async def cmd_report(args: argparse.Namespace) -> int:
+    seconds = _duration_s(args.since, "--since")
+    async with _open_store(args) as store:
+        stats = await store.job_stats(time.time() - seconds)
+    rows_out = [classify(s) for s in stats]
+    if args.json:
+        _print_json(
+            {
+                "since_s": seconds,
+                "jobs": [
+                    {**c.stats._asdict(), "cpu_share": c.cpu_share, "kind": c.kind}
+                    for c in rows_out
+                ],
+            }
+        )
+        return EXIT_OK
+    if not rows_out:
+        print(f"no job finished in the last {args.since}")
+        return EXIT_OK
+    print(
+        f"jobs finished in the last {args.since}, by CPU time over run time "
+        f"(CPU-bound from {CPU_BOUND_FROM:.0%}, IO-bound up to {IO_BOUND_BELOW:.0%}):"
+    )
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "KIND", "CPU/RUN", "ATTEMPTS", "FAILED", "AVG WAIT", "AVG RUN", "AVG CPU",
+         "MAX RUN")
+    ]  # fmt: skip
+    for c in rows_out:
+        s = c.stats
+        share = "-" if c.cpu_share is None else f"{c.cpu_share:.0%}"
+        avg_cpu = f"{s.cpu_s / s.timed * 1000:,.1f} ms" if s.timed else "-"
+        rows.append(
+            (s.name, c.kind, share, f"{s.attempts:,}", f"{s.failed:,}",
+             f"{s.wait_s / s.attempts * 1000:,.1f} ms", f"{s.wall_s / s.attempts * 1000:,.1f} ms",
+             avg_cpu, f"{s.max_wall_s * 1000:,.1f} ms")
+        )  # fmt: skip
+    _print_rows(rows)
+    return EXIT_OK
+
+
+def _duration_s(value: str, flag: str) -> float:
+    match = _SINCE.match(value.strip())
+    if not match or float(match[1]) <= 0:
+        raise CliError(f"{flag} {value!r} is not a duration; use for example 90s, 30m, 1h or 2d")
+    return float(match[1]) * _UNIT_S[match[2]]
 
 
 def _age(seconds: float) -> str:
@@ -604,6 +651,23 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, node: bool = False) 
             dest="shutdown_grace_s",
             type=float,
             help="seconds running jobs get to finish on SIGTERM (default 30)",
+        )
+        group.add_argument(
+            "--metrics-port",
+            dest="metrics_port",
+            type=int,
+            help="serve Prometheus metrics on this port at /metrics (needs asyncjobs[metrics])",
+        )
+        group.add_argument(
+            "--dashboard-port",
+            type=int,
+            help="also serve the web dashboard on this port (needs asyncjobs[dashboard] and "
+            "ASYNCJOBS_DASHBOARD_TOKEN)",
+        )
+        group.add_argument(
+            "--dashboard-host",
+            default="127.0.0.1",
+            help="the dashboard's address (default %(default)s)",
         )
 
 
@@ -744,14 +808,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "status",
-        help="queues, nodes, busy concurrency keys and rate limits",
+        help="queues, throughput, nodes, busy concurrency keys, rate limits, recent failures",
         description="Show each queue's unfinished jobs (queued, parked, running, scheduled) and "
-        "oldest wait; the nodes that are up, with their load and heartbeat; the concurrency "
-        "keys that have running jobs, with the jobs holding them; and each rate bucket's rate "
-        "and next free start. Read through indexes only: fast with millions of finished jobs.",
+        "oldest wait; the jobs/s the nodes finished over the last minute; the nodes that are "
+        "up, with their running jobs, pool workers and heartbeat; the concurrency keys that "
+        "have running jobs, with the jobs holding them; each rate bucket's rate and next free "
+        "start; and the most recent failures. Read through indexes and the nodes' statistics "
+        "only: as fast with millions of finished jobs as with none.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     _command(p, cmd_status)
+
+    p = sub.add_parser(
+        "report",
+        help="reports over the nodes' statistics (cpu-vs-io)",
+        description="cpu-vs-io: for each job name, the attempts finished over a recent period, "
+        "their average queue wait, run time and CPU time, and whether the job is CPU-bound "
+        "(CPU time at least half its run time: give it to the process pool) or IO-bound (at "
+        "most a tenth: a coroutine is right). Read from the per-node statistics, not the jobs.",
+    )
+    p.add_argument("kind", choices=["cpu-vs-io"], help="the report")
+    p.add_argument("--since", default="1h", help="the period: 30m, 1h (default), 2d, ...")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _command(p, cmd_report)
 
     p = sub.add_parser(
         "workflow",
@@ -768,6 +847,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="workflow cancelled", help="stored on each job")
     for each in actions.choices.values():
         _command(each, cmd_workflow)
+
+    from .loadtest.cli import add_parser as add_loadtest_parser  # its own flags (loadtest/cli.py)
+
+    add_loadtest_parser(sub)
+
+    from .dashboard.cli import add_command  # light: the dashboard's extra loads when it runs
+
+    add_command(sub, _command)
     return parser
 
 

@@ -373,3 +373,13 @@ def describe_error(exc: BaseException) -> dict[str, str]:
         "message": str(exc)[:MAX_MESSAGE_CHARS],
         "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:],
     }
+
+
+def without_runner_frames(exc: BaseException, runner_files: frozenset[str]) -> BaseException:
+    """``exc`` with the leading frames of the node's own code (the frames that called the
+    job) dropped from its traceback, so that a stored traceback starts in the job. Kept whole
+    when the error comes from the node itself."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in runner_files:
+        tb = tb.tb_next
+    return exc if tb is None else exc.with_traceback(tb)

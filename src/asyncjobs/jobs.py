@@ -362,10 +362,19 @@ class JobRecord:
     fire_at: datetime | None = None  # and the fire time it ran for
     workflow_id: uuid.UUID | None = None  # the workflow it is a step of, if any
     step: str | None = None  # and its key there
+    wall_s: float | None = None  # the last attempt's run time, as its node measured it
+    cpu_s: float | None = None  # and its CPU time (the task's own, or its pool worker's)
 
     @property
     def is_finished(self) -> bool:
         return self.state.is_terminal
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        """How long the last attempt waited to start after it was due, in seconds."""
+        if self.started_at is None:
+            return None
+        return max(0.0, (self.started_at - self.run_at).total_seconds())
 
 
 class JobContext:

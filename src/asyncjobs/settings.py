@@ -51,7 +51,7 @@ WORKER_OPEN_FILES = 1024  # RLIMIT_NOFILE
 ENV_PREFIX = "ASYNCJOBS_"
 # Variables under the prefix that are not settings: read by the CLI, and ASYNCJOBS_TEST_* by
 # test tooling.
-ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL"})
+ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL", "ASYNCJOBS_DASHBOARD_TOKEN"})
 ENV_TEST_PREFIX = "ASYNCJOBS_TEST_"
 
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}")  # used with fullmatch
@@ -126,6 +126,17 @@ class Settings:
     """``App.start()`` applies pending migrations (idempotent; several processes may race).
     Turn off where the app's database user may not change the schema, and run
     ``asyncjobs migrate`` on deploy instead."""
+    measure_cpu: bool = True
+    """Measure each coroutine job's own CPU time (two reads of the thread's CPU clock per
+    step of the job; see ``asyncjobs.node.cputime``). Pool jobs always report theirs."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics at ``http://metrics_host:metrics_port/metrics`` from the
+    node (needs ``asyncjobs[metrics]``); 0 (the default) serves none."""
+    metrics_host: str = "127.0.0.1"
+    """The address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
+    hook_timeout_s: float = 5.0
+    """The longest one call of a lifecycle hook (``@app.on_event``) may take before it is
+    abandoned and logged; hooks never hold up jobs, whatever this is."""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Free-form values for users' own code; asyncjobs never reads them."""
 
@@ -233,6 +244,19 @@ class Settings:
                 self.node_timeout_s,
                 f"it must be at least twice heartbeat_interval_s ({self.heartbeat_interval_s:g}"
                 " s), or live nodes would be reaped between two heartbeats",
+            )
+        _check_int("metrics_port", self.metrics_port, 0, 65535)
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise ConfigurationError(
+                "metrics_host", self.metrics_host, "give an address, such as 127.0.0.1"
+            )
+        if (
+            isinstance(self.hook_timeout_s, bool)
+            or not isinstance(self.hook_timeout_s, int | float)
+            or not 0 < self.hook_timeout_s <= 3600
+        ):
+            raise ConfigurationError(
+                "hook_timeout_s", self.hook_timeout_s, "use seconds between 0 and 3600"
             )
         self._validate_pool()
         if not self.queues:

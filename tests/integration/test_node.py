@@ -177,6 +177,8 @@ async def test_failing_job_ends_failed_with_type_message_and_traceback(
         assert caught.value.error_type.endswith("Fatal")
         assert caught.value.error_message == "storage array said no"
         assert "raise Fatal(message)" in caught.value.traceback
+        # It starts in the job: the node's frames that called it are left out.
+        assert "asyncjobs/node/" not in caught.value.traceback, caught.value.traceback
         record = await app.get(job_id)
         assert record.state is JobState.FAILED and record.attempt == 1  # at most once
 

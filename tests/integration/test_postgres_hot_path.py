@@ -125,6 +125,8 @@ async def test_claim_and_completion_stay_linear_with_stale_statistics(
             [time.time()] * n,
             [None] * n,
             [None] * n,
+            [0.001] * n,
+            [None] * n,
         )
         # A quadratic plan touches millions of buffers here; a linear one a few per job.
         assert buffers_touched(complete_plan) < 20 * n, "\n".join(r[0] for r in complete_plan)

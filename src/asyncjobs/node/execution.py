@@ -12,14 +12,26 @@ shutdown, and the outcome follows the table in DESIGN §10.
 from __future__ import annotations
 
 import asyncio
+import time
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import InputsTooLargeError, JobTimeoutError, PayloadError, describe_error
+from ..errors import (
+    InputsTooLargeError,
+    JobTimeoutError,
+    PayloadError,
+    describe_error,
+    without_runner_frames,
+)
 from ..jobs import JobContext, JobDef, JobId
 from ..serialization import decode_args, encode_result
 from ..store.base import MAX_INPUT_BYTES, ClaimedJob, Outcome
+from . import cputime
+from .cputime import metered
+
+RUNNER_FILES = frozenset({__file__, cputime.__file__})  # frames a job's traceback leaves out
 
 if TYPE_CHECKING:
     from ..pool.handle import WorkerHandle
@@ -39,6 +51,7 @@ class RunningJob:
     __slots__ = (
         "attempt",
         "concurrency_key",
+        "cpu",
         "ctx",
         "definition",
         "finished",
@@ -47,6 +60,7 @@ class RunningJob:
         "max_attempts",
         "name",
         "queue",
+        "started",
         "stop_reason",
         "task",
         "worker",
@@ -68,6 +82,8 @@ class RunningJob:
         self.handles: list[asyncio.TimerHandle] | None = None
         self.finished = False
         self.worker: WorkerHandle | None = None  # isolated jobs: the pool worker running it
+        self.started: float | None = None  # time.monotonic() when it began to run
+        self.cpu: float | None = None  # its CPU time so far, where measured
 
 
 async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
@@ -82,11 +98,17 @@ async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
                 job.workflow_id,
             )  # fmt: skip
             args.insert(0, job.ctx)
-        value = await definition.fn(*args, **kwargs)
+        job.started = time.monotonic()
+        coro = definition.fn(*args, **kwargs)
+        # async def jobs give coroutines; anything else that is awaitable runs unmetered
+        if node.settings.measure_cpu and type(coro) is CoroutineType:
+            value = await metered(coro, job)
+        else:
+            value = await coro
     except asyncio.CancelledError:
         outcome = stopped_outcome(node, job)
     except (Exception, SystemExit) as exc:
-        outcome = failed_outcome(node, job, exc)
+        outcome = failed_outcome(node, job, without_runner_frames(exc, RUNNER_FILES))
     else:
         try:
             data = encode_result(job.name, value, node.settings.max_payload_bytes)

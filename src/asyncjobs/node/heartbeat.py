@@ -34,7 +34,8 @@ async def run_heartbeat(node: Node) -> None:
     while True:
         await anyio.sleep(wait)
         try:
-            result = await node.store.heartbeat(node.id, len(node.running))
+            workers = len(node.pool.workers) if node.pool is not None else 0
+            result = await node.store.heartbeat(node.id, len(node.running), workers)
         except StoreError as exc:
             log_store_error(exc, "heartbeat of node %s failed", node.id)
             wait = min(interval, RETRY_MIN_S if wait >= interval else wait * 2)

@@ -10,6 +10,7 @@ the pool replaces the worker at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,6 +54,7 @@ async def execute_isolated(node: Node, job: RunningJob, raw_args: bytes) -> None
         node.finish(job, failed_outcome(node, job, exc))
         return
     job.worker = worker
+    job.started = time.monotonic()
     if job.stop_reason is not None or job.finished:  # stopped while it waited for a worker
         pool.release(worker)
         node.finish(job, stopped_outcome(node, job))
@@ -73,6 +75,9 @@ async def execute_isolated(node: Node, job: RunningJob, raw_args: bytes) -> None
         worker.kill()
         pool.discard(worker)
         raise
+    cpu = reply.get("cpu")
+    if isinstance(cpu, float):
+        job.cpu = cpu
     outcome = reply_outcome(node, job, reply, body)
     if outcome is None:
         worker.kill()

@@ -42,7 +42,9 @@ from .execution import (
 )
 from .fetcher import Fetcher
 from .heartbeat import run_heartbeat
+from .hooks import Hooks
 from .isolated import execute_isolated
+from .metrics import NodeMetrics
 from .promoter import Promoter
 from .pruner import run_pruner
 from .reaper import run_reaper
@@ -94,6 +96,8 @@ class Node:
         self._last_heartbeat = time.monotonic()  # registration counts as the first heartbeat
         self._fenced = False
         self._heartbeat_ok = anyio.Event()
+        self.hooks = Hooks(app.hooks, settings.hook_timeout_s, self.id) if app.hooks else None
+        self.metrics = NodeMetrics(self) if settings.metrics_port else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -112,6 +116,11 @@ class Node:
         )
         try:
             async with anyio.create_task_group() as services:
+                if self.metrics is not None:
+                    services.start_soon(self.metrics.watch_loop)
+                if self.hooks is not None:
+                    services.start_soon(self.hooks.run)
+                    self.hooks.node_event("node_started")
                 services.start_soon(self.completer.run)
                 services.start_soon(run_heartbeat, self)
                 services.start_soon(self.promoter.run)
@@ -123,6 +132,8 @@ class Node:
                     task_status.started()
                     await self._stop.wait()
                     fetching.cancel_scope.cancel()  # stop claiming first
+                    if self.hooks is not None:
+                        self.hooks.node_event("node_stopping")
                 await self._drain()
                 with anyio.move_on_after(max(self.settings.connect_timeout_s, 5.0)):
                     await self.completer.wait_flushed()
@@ -133,6 +144,8 @@ class Node:
                         self.id,
                         self.completer.buffered,
                     )
+                if self.hooks is not None:  # the last events, within one hook time box
+                    await self.hooks.drain(self.settings.hook_timeout_s)
                 services.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
@@ -140,6 +153,8 @@ class Node:
                     await self.store.deregister_node(self.id)
                 except Exception as exc:  # the database may be the reason we are stopping
                     log.warning("could not mark node %s stopped: %s", self.id, exc)
+            if self.metrics is not None:
+                self.metrics.stop()
             self._stopped.set()
             log.info("node %s stopped", self.id)
 
@@ -230,6 +245,8 @@ class Node:
         self.id = new_id()
         self.info = dataclasses.replace(self.info, id=self.id)
         self.completer.node_id = self.id
+        if self.hooks is not None:
+            self.hooks.node_id = self.id
         await self.store.register_node(self.info)
         log.warning("node %s rejoined as node %s", old_id, self.id)
         self.heartbeat_succeeded()
@@ -256,6 +273,10 @@ class Node:
         if claimed.args is None:  # its parents' results are over MAX_INPUT_BYTES
             self.finish(job, inputs_too_large_outcome(self, job))
             return
+        if self.hooks is not None:
+            self.hooks.job_started(job)
+        if self.metrics is not None:
+            self.metrics.job_started(claimed)
         loop = asyncio.get_running_loop()
         run = execute_isolated if definition.isolated else execute
         if claimed.delay > 0:  # a rate-limited job, whose booked start is ahead
@@ -284,7 +305,17 @@ class Node:
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
         """Record how an attempt ended and free its slot (once; later calls are ignored)."""
         if self._release(job):
+            if job.started is not None:
+                o = outcome
+                outcome = Outcome(
+                    o.id, o.attempt, o.state, o.result, o.error, o.finished_at, o.run_at,
+                    o.reason, time.monotonic() - job.started, job.cpu,
+                )  # fmt: skip
             self.completer.add(outcome, job.concurrency_key)
+            if self.hooks is not None:
+                self.hooks.job_finished(job, outcome)
+            if self.metrics is not None:
+                self.metrics.job_finished(job, outcome)
             self.fetcher.slot_freed()
 
     async def wait_idle(self) -> None:

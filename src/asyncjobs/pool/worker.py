@@ -84,6 +84,7 @@ class Worker:
 
     def run(self, header: dict[str, Any], body: bytes) -> bytes:
         name = header.get("name", "?")
+        cpu_start = time.process_time()
         try:
             fn, wants_context = self.jobs[name]
             args, kwargs = decode_args(body)
@@ -100,8 +101,9 @@ class Worker:
         except BaseException as exc:
             if os.getpid() != self.pid:
                 os._exit(0)
-            return encode_frame(self._error(exc))
-        return encode_frame({"op": "ok", "retire": self._should_retire()}, data)
+            return encode_frame({**self._error(exc), "cpu": time.process_time() - cpu_start})
+        cpu = time.process_time() - cpu_start
+        return encode_frame({"op": "ok", "retire": self._should_retire(), "cpu": cpu}, data)
 
     def _run_coroutine(self, coro: Any) -> Any:
         # One loop per worker, reused: an isolated async job gets its own loop, not the node's.

@@ -88,7 +88,11 @@ class Zygote:
                         pass
                     self.reap()
                     continue
-                data = self.control.recv(CONTROL_MAX_BYTES)
+                try:
+                    data = self.control.recv(CONTROL_MAX_BYTES)
+                except ConnectionResetError:
+                    # The node closed its end with our notices unread: it is gone all the same.
+                    data = b""
                 if not data:
                     self.shutdown()
                 header = decode_message(data)

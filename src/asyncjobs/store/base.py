@@ -11,6 +11,7 @@ each other's liveness consistently.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -32,6 +33,12 @@ ACTIVE_STATES = (*PENDING_STATES, "running")  # not finished
 # list Postgres cannot hold (a jsonb value is limited to 256 MiB).
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 RATE_HORIZON_S = 2.0  # how far ahead a claim books the starts of rate-limited jobs
+STATS_BUCKET_S = 10.0  # the nodes' statistics count finished attempts in buckets this long
+
+
+def stats_bucket(when: float) -> float:
+    """The start of the statistics bucket that holds epoch time ``when``."""
+    return math.floor(when / STATS_BUCKET_S) * STATS_BUCKET_S
 
 
 class NewJob(NamedTuple):
@@ -75,6 +82,7 @@ class ClaimedJob(NamedTuple):
     workflow_id: JobId | None = None
     delay: float = 0.0  # seconds to wait before starting it: its rate limit's booked start
     concurrency_key: str | None = None
+    wait: float = 0.0  # seconds it waited to be claimed after it was due
 
 
 class WorkflowJob(NamedTuple):
@@ -159,6 +167,34 @@ class NodeStatus(NamedTuple):
     running: int  # as of its last heartbeat
     heartbeat_age_s: float  # by the database's clock
     started_at: float
+    workers: int = 0  # its process pool's live workers, as of its last heartbeat
+
+
+class Throughput(NamedTuple):
+    """Attempts the nodes finished over a recent window, by outcome (``succeeded``,
+    ``failed``, ``cancelled``, ``retried``), from the per-node statistics."""
+
+    window_s: float  # the span the counts cover (a little over the window asked for)
+    finished: dict[str, int]
+
+    @property
+    def per_s(self) -> float:
+        total = sum(self.finished.values())
+        return total / self.window_s if self.window_s > 0 else 0.0
+
+
+class JobStats(NamedTuple):
+    """One job name's finished attempts over a period, with their summed timings."""
+
+    name: str
+    attempts: int
+    failed: int  # attempts that ended failed (retried ones included)
+    wait_s: float  # summed queue waits
+    wall_s: float  # summed run times
+    cpu_s: float  # summed CPU times, over the attempts that measured it
+    timed: int  # attempts with a CPU time
+    timed_wall_s: float  # their summed run times
+    max_wall_s: float
 
 
 class BusyKey(NamedTuple):
@@ -205,6 +241,8 @@ class Outcome(NamedTuple):
     finished_at: float
     run_at: float | None
     reason: str | None
+    wall_s: float | None = None  # the attempt's run time, as its node measured it
+    cpu_s: float | None = None  # its CPU time, where measured
 
 
 class PromoteResult(NamedTuple):
@@ -327,7 +365,9 @@ class Store(Protocol):
 
     async def register_node(self, node: NodeInfo) -> None: ...
 
-    async def heartbeat(self, node_id: JobId, running: int) -> HeartbeatResult: ...
+    async def heartbeat(
+        self, node_id: JobId, running: int, workers: int = 0
+    ) -> HeartbeatResult: ...
 
     async def deregister_node(self, node_id: JobId) -> None: ...
 
@@ -426,6 +466,15 @@ class Store(Protocol):
     async def recent_failures(self, limit: int) -> list[JobRecord]:
         """The jobs that failed or were lost most recently, newest first."""
 
+    async def throughput(self, now: float, window_s: float) -> Throughput:
+        """Attempts finished by the nodes over the last ``window_s`` seconds, by outcome."""
+
+    async def job_stats(self, since: float) -> list[JobStats]:
+        """Per job name, the attempts finished since ``since`` (epoch seconds), busiest first."""
+
+    async def list_workflows(self, before: JobId | None, limit: int) -> list[WorkflowInfo]:
+        """Workflows, newest first (keyset pages on the id), with their jobs counted by state."""
+
     async def busy_keys(self, limit: int) -> list[BusyKey]:
         """Concurrency keys with running jobs, busiest first."""
 
@@ -491,4 +540,6 @@ def record_from_row(row: Any) -> JobRecord:
         fire_at=row["fire_at"],
         workflow_id=row["workflow_id"],
         step=row["step"],
+        wall_s=row["wall_s"],
+        cpu_s=row["cpu_s"],
     )

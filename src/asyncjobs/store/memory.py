@@ -30,12 +30,14 @@ from .base import (
     MAX_INPUT_BYTES,
     PENDING_STATES,
     RATE_HORIZON_S,
+    STATS_BUCKET_S,
     TERMINAL_STATES,
     BusyKey,
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
     JobQuery,
+    JobStats,
     NewJob,
     NewWorkflow,
     NodeInfo,
@@ -49,8 +51,10 @@ from .base import (
     ScheduleRecord,
     StepFailure,
     StoreEvent,
+    Throughput,
     WorkflowInfo,
     record_from_row,
+    stats_bucket,
     upstream_reason,
 )
 
@@ -124,6 +128,8 @@ class _Job:
     rate_count: int | None = None
     rate_period: float | None = None
     parked: bool = False  # queued, but out of the ready set until a slot of its key frees
+    wall_s: float | None = None
+    cpu_s: float | None = None
 
     def limit_like(self, new: NewJob) -> _Job:
         """Take ``new``'s concurrency key and rate limit."""
@@ -166,6 +172,7 @@ class _Node:
     info: NodeInfo
     heartbeat_at: float
     running: int = 0
+    workers: int = 0
     stopped_at: float | None = None
     reaped_at: float | None = None
     reaped_by: JobId | None = None
@@ -190,6 +197,9 @@ class MemoryStore:
     _parked: dict[str, set[JobId]] = field(default_factory=dict)  # queued, waiting for a slot
     _parents: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by child
     _children: dict[JobId, list[JobId]] = field(default_factory=dict)  # edges, by parent
+    # The nodes' statistics: (bucket, node, name, outcome) -> [attempts, wait_s, wall_s,
+    # max_wall_s, timed, timed_wall_s, cpu_s], as in Postgres's job_stats table.
+    _stats: dict[tuple[float, JobId, str, str], list[float]] = field(default_factory=dict)
 
     async def open(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -422,13 +432,14 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         self.nodes[node.id] = _Node(node, time.time())
 
-    async def heartbeat(self, node_id: JobId, running: int) -> HeartbeatResult:
+    async def heartbeat(self, node_id: JobId, running: int, workers: int = 0) -> HeartbeatResult:
         await anyio.lowlevel.checkpoint()
         node = self.nodes.get(node_id)
         if node is None or node.reaped_at is not None:
             return HeartbeatResult(False, [])
         node.heartbeat_at = time.time()
         node.running = running
+        node.workers = workers
         cancels = [
             j.id
             for j in self.jobs.values()
@@ -513,6 +524,8 @@ class MemoryStore:
             ended = node.reaped_at if node.reaped_at is not None else node.stopped_at
             if ended is not None and ended < cutoff:
                 del self.nodes[node_id]
+        for key in [k for k in self._stats if k[0] < cutoff]:
+            del self._stats[key]
         in_use = {j.workflow_id for j in self.jobs.values()}
         for workflow_id, workflow in list(self.workflows.items()):
             if workflow.created_at < cutoff and workflow_id not in in_use:
@@ -570,6 +583,7 @@ class MemoryStore:
                         job.workflow_id,
                         delay,
                         job.concurrency_key,
+                        max(0.0, now - job.run_at),
                     )
                 )
                 taken += 1
@@ -647,8 +661,10 @@ class MemoryStore:
                     state = "cancelled"  # someone asked to cancel it: never run it again
                 elif job.attempt >= job.max_attempts:
                     state = "failed"  # no attempts left: a retry would run it once too often
+            self._count(node_id, job, state, o)
             job.result = o.result
             job.error = o.error
+            job.wall_s, job.cpu_s = o.wall_s, o.cpu_s
             if state != "cancelled" or (o.state == "cancelled" and o.reason is not None):
                 job.reason = o.reason  # a cancel without its own reason keeps the requester's
             job.finished_at = o.finished_at if state in TERMINAL_STATES else None
@@ -670,6 +686,65 @@ class MemoryStore:
         self._wake(woken, earliest)
         self._unpark(freed)  # the slots of finished keyed jobs, to the jobs parked for them
         return rejected
+
+    def _count(self, node_id: JobId, job: _Job, state: str, o: Outcome) -> None:
+        outcome = "retried" if state in ("queued", "scheduled") else state
+        key = (stats_bucket(o.finished_at), node_id, job.name, outcome)
+        row = self._stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0])
+        wall = o.wall_s or 0.0
+        row[0] += 1
+        row[1] += max(0.0, (job.started_at or job.run_at) - job.run_at)
+        row[2] += wall
+        row[3] = max(row[3], wall)
+        if o.cpu_s is not None:
+            row[4] += 1
+            row[5] += wall
+            row[6] += o.cpu_s
+
+    async def throughput(self, now: float, window_s: float) -> Throughput:
+        await anyio.lowlevel.checkpoint()
+        since = stats_bucket(now - window_s)
+        finished: dict[str, int] = {}
+        for (bucket, _, _, outcome), row in self._stats.items():
+            if bucket >= since:
+                finished[outcome] = finished.get(outcome, 0) + int(row[0])
+        return Throughput(max(now - since, STATS_BUCKET_S), finished)
+
+    async def job_stats(self, since: float) -> list[JobStats]:
+        await anyio.lowlevel.checkpoint()
+        start = stats_bucket(since)
+        sums: dict[str, list[float]] = {}
+        for (bucket, _, name, outcome), row in self._stats.items():
+            if bucket < start:
+                continue
+            acc = sums.setdefault(name, [0, 0, 0.0, 0.0, 0.0, 0, 0.0, 0.0])
+            acc[0] += row[0]
+            acc[1] += row[0] if outcome in ("failed", "retried") else 0
+            acc[2] += row[1]
+            acc[3] += row[2]
+            acc[4] += row[6]
+            acc[5] += row[4]
+            acc[6] += row[5]
+            acc[7] = max(acc[7], row[3])
+        ranked = sorted(sums.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [
+            JobStats(name, int(a[0]), int(a[1]), a[2], a[3], a[4], int(a[5]), a[6], a[7])
+            for name, a in ranked
+        ]
+
+    async def list_workflows(self, before: JobId | None, limit: int) -> list[WorkflowInfo]:
+        await anyio.lowlevel.checkpoint()
+        ids = sorted((w for w in self.workflows if before is None or w < before), reverse=True)
+        counts: dict[JobId, dict[str, int]] = {w: {} for w in ids[:limit]}
+        for job in self.jobs.values():
+            if job.workflow_id in counts:
+                by_state = counts[job.workflow_id]
+                by_state[job.state] = by_state.get(job.state, 0) + 1
+        return [
+            WorkflowInfo(w, self.workflows[w].name, self.workflows[w].created_at,
+                         list(self.workflows[w].sinks), counts[w])
+            for w in ids[:limit]
+        ]  # fmt: skip
 
     async def promote_due(self, now: float, limit: int) -> PromoteResult:
         await anyio.lowlevel.checkpoint()
@@ -977,6 +1052,7 @@ class MemoryStore:
                 n.running,
                 now - n.heartbeat_at,
                 n.started_at,
+                n.workers,
             )
             for n in up
         ]

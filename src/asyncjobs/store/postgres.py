@@ -36,12 +36,14 @@ from ..settings import Settings, mask_dsn
 from .base import (
     MAX_INPUT_BYTES,
     PLAIN_FIELDS,
+    STATS_BUCKET_S,
     TERMINAL_STATES,
     BusyKey,
     ClaimedJob,
     EventHandler,
     HeartbeatResult,
     JobQuery,
+    JobStats,
     NewJob,
     NewWorkflow,
     NodeInfo,
@@ -55,8 +57,10 @@ from .base import (
     ScheduleRecord,
     StepFailure,
     StoreEvent,
+    Throughput,
     WorkflowInfo,
     record_from_row,
+    stats_bucket,
     upstream_reason,
 )
 from .connections import (
@@ -72,6 +76,14 @@ from .queries import channel_name, load_queries
 log = logging.getLogger("asyncjobs.store")
 
 _JOB_COLUMNS = ("id", "name", "queue", "priority", "state", "args", "run_at", "max_attempts")
+# States with a partial index, and that index's condition (constants, never user input): see
+# list_jobs in queries.sql.
+_STATE_INDEXES = {
+    "failed": "state IN ('failed', 'lost')",
+    "lost": "state IN ('failed', 'lost')",
+    "running": "state = 'running'",
+    "scheduled": "state = 'scheduled'",
+}
 _WORKFLOW_JOB_COLUMNS = (
     *_JOB_COLUMNS, "workflow_id", "step", "pending_deps", "has_dependents", "pass_results",
     "concurrency_key", "concurrency_limit", "rate_key", "rate_count", "rate_period",
@@ -104,6 +116,10 @@ class PostgresStore:
         self.table = f"{settings.table_prefix}jobs"
         self.channel = channel_name(settings.schema, settings.table_prefix)
         self.q = load_queries(settings.schema, settings.table_prefix)
+        self._list_by_state = {
+            state: self.q["list_jobs"].replace("/* state index */", f"{condition} AND")
+            for state, condition in _STATE_INDEXES.items()
+        }
         self._pool: asyncpg.Pool | None = None
         self._enqueue_lane = Lane(self._connect, lambda: self.pool)
         self._claim_lane = Lane(self._connect, lambda: self.pool)
@@ -303,8 +319,9 @@ class PostgresStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        sql = self._list_by_state.get(query.state or "", self.q["list_jobs"])
         async with self._errors():
-            rows = await self.pool.fetch(self.q["list_jobs"], *query)
+            rows = await self.pool.fetch(sql, *query)
         return [record_from_row(r) for r in rows]
 
     async def retry_jobs(self, job_ids: Sequence[JobId], now: float) -> list[JobId]:
@@ -336,9 +353,9 @@ class PostgresStore:
                 node.concurrency,
             )
 
-    async def heartbeat(self, node_id: JobId, running: int) -> HeartbeatResult:
+    async def heartbeat(self, node_id: JobId, running: int, workers: int = 0) -> HeartbeatResult:
         async with self._errors():
-            row = await self.pool.fetchrow(self.q["heartbeat"], node_id, running)
+            row = await self.pool.fetchrow(self.q["heartbeat"], node_id, running, workers)
         assert row is not None
         return HeartbeatResult(row["alive"], list(row["cancel_ids"]))
 
@@ -616,6 +633,28 @@ class PostgresStore:
                 r["running"],
                 r["heartbeat_age_s"],
                 r["started_at"],
+                r["workers"],
+            )
+            for r in rows
+        ]
+
+    async def throughput(self, now: float, window_s: float) -> Throughput:
+        since = stats_bucket(now - window_s)
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["throughput"], since)
+        return Throughput(max(now - since, STATS_BUCKET_S), {r[0]: int(r[1]) for r in rows})
+
+    async def job_stats(self, since: float) -> list[JobStats]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["job_stats"], stats_bucket(since))
+        return [JobStats(*r) for r in rows]
+
+    async def list_workflows(self, before: JobId | None, limit: int) -> list[WorkflowInfo]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["list_workflows"], before, limit)
+        return [
+            WorkflowInfo(
+                r["id"], r["name"], r["created_at"], list(r["sinks"]), orjson.loads(r["counts"])
             )
             for r in rows
         ]

@@ -44,21 +44,21 @@ def channel_name(schema: str, prefix: str) -> str:
 
 
 @cache
-def _raw_queries() -> dict[str, str]:
-    text = resources.files(__package__).joinpath("sql/queries.sql").read_text()
+def _raw_queries(filename: str = "queries.sql") -> dict[str, str]:
+    text = resources.files(__package__).joinpath("sql", filename).read_text()
     parts = _NAME_LINE.split(text)
     # parts = [preamble, name1, body1, name2, body2, ...]
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
-            raise RuntimeError(f"query {name!r} is defined twice in queries.sql")
+            raise RuntimeError(f"query {name!r} is defined twice in {filename}")
         queries[name] = body.strip().rstrip(";")
     return queries
 
 
-def load_queries(schema: str, prefix: str) -> dict[str, str]:
-    """Every named query, rendered for this schema and prefix."""
-    return {name: render(sql, schema, prefix) for name, sql in _raw_queries().items()}
+def load_queries(schema: str, prefix: str, filename: str = "queries.sql") -> dict[str, str]:
+    """Every named query of ``sql/<filename>``, rendered for this schema and prefix."""
+    return {name: render(sql, schema, prefix) for name, sql in _raw_queries(filename).items()}
 
 
 @cache

@@ -120,7 +120,7 @@ SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM wake) 
 -- Applies outcomes reported by node $1, each only if its job still runs that attempt on this
 -- node (fencing); returns the ids of stale outcomes, which are never written. See
 -- complete_jobs in migrations/0001_initial.sql for why this is a function.
-SELECT id FROM {t}complete_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9) AS id;
+SELECT id FROM {t}complete_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS id;
 
 -- name: promote_due
 -- Moves at most $2 scheduled jobs whose run_at has passed ($1) to queued, never one another
@@ -185,9 +185,12 @@ SELECT * FROM {t}jobs WHERE name = $1 ORDER BY id LIMIT $2;
 -- name: list_jobs
 -- Jobs, newest first, filtered by state $1, queue $2, name $3 (each may be null), created at
 -- or after id $4 and before id $5 (keyset pagination: UUIDv7 ids carry their creation time),
--- at most $6. A backward scan of the primary key that stops at $6 matches.
+-- at most $6. A backward scan of the primary key that stops at $6 matches. For a state that
+-- has a partial index of its own (failed, lost, running, scheduled), the store puts that
+-- index's condition, a constant, in place of the marker, so that a rare state is read
+-- through its index instead of by walking the whole history.
 SELECT * FROM {t}jobs
-WHERE ($1::text IS NULL OR state::text = $1)
+WHERE /* state index */ ($1::text IS NULL OR state::text = $1)
   AND ($2::text IS NULL OR queue = $2)
   AND ($3::text IS NULL OR name = $3)
   AND ($4::uuid IS NULL OR id >= $4)
@@ -236,9 +239,9 @@ VALUES ($1, $2, $3, $4, $5, $6);
 -- name: heartbeat
 -- Refreshes node $1's heartbeat with the database clock (one statement, however many jobs run)
 -- and returns whether the node is still alive (not reaped), and the running jobs on it that
--- were asked to cancel (catching any cancel whose NOTIFY was missed).
+-- were asked to cancel (catching any cancel whose NOTIFY was missed). $3: its pool's workers.
 WITH hb AS (
-    UPDATE {t}nodes SET heartbeat_at = now(), running = $2
+    UPDATE {t}nodes SET heartbeat_at = now(), running = $2, workers = $3
     WHERE id = $1 AND reaped_at IS NULL
     RETURNING id
 )
@@ -355,9 +358,13 @@ WITH nodes AS (
 ), buckets AS (
     -- rate buckets idle for the retention period (a new start recreates one)
     DELETE FROM {t}rate_buckets WHERE tat < now() - make_interval(secs => $1) RETURNING key
+), stats AS (
+    -- statistics as old as the retention period (a range of the primary key)
+    DELETE FROM {t}job_stats WHERE bucket < now() - make_interval(secs => $1) RETURNING 1
 )
 SELECT (SELECT count(*) FROM nodes) AS nodes, (SELECT count(*) FROM waiters) AS waiters,
-       (SELECT count(*) FROM workflows) AS workflows, (SELECT count(*) FROM buckets) AS buckets;
+       (SELECT count(*) FROM workflows) AS workflows, (SELECT count(*) FROM buckets) AS buckets,
+       (SELECT count(*) FROM stats) AS stats;
 
 -- name: deregister_node
 -- Marks node $1 as cleanly stopped.
@@ -532,7 +539,7 @@ LIMIT $1;
 -- name: live_nodes
 -- The nodes that are up (neither stopped nor reaped), with their heartbeat's age by the
 -- database's clock.
-SELECT id, host, pid, queues, concurrency, running,
+SELECT id, host, pid, queues, concurrency, running, workers,
        extract(epoch FROM now() - heartbeat_at)::float8 AS heartbeat_age_s,
        extract(epoch FROM started_at)::float8 AS started_at
 FROM {t}nodes
@@ -619,3 +626,37 @@ SELECT count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
        count(*) FILTER (WHERE state = 'running') AS stopping,
        array_agg(id) FILTER (WHERE state = 'cancelled') AS ended
 FROM upd WHERE (SELECT count(*) FROM wake) >= 0;
+
+-- name: throughput
+-- Attempts finished by every node since bucket $1 (epoch seconds), by outcome, with the
+-- oldest bucket counted: a range scan of the statistics' primary key.
+SELECT outcome, sum(attempts)::bigint AS attempts,
+       extract(epoch FROM min(bucket))::float8 AS since
+FROM {t}job_stats
+WHERE bucket >= to_timestamp($1)
+GROUP BY outcome;
+
+-- name: job_stats
+-- Per job name, the attempts finished since bucket $1 (epoch seconds), busiest first.
+SELECT name, sum(attempts)::bigint AS attempts,
+       coalesce(sum(attempts) FILTER (WHERE outcome IN ('failed', 'retried')), 0)::bigint
+           AS failed,
+       sum(wait_s) AS wait_s, sum(wall_s) AS wall_s, sum(cpu_s) AS cpu_s,
+       sum(timed)::bigint AS timed, sum(timed_wall_s) AS timed_wall_s,
+       max(max_wall_s) AS max_wall_s
+FROM {t}job_stats
+WHERE bucket >= to_timestamp($1)
+GROUP BY name
+ORDER BY sum(attempts) DESC, name;
+
+-- name: list_workflows
+-- Workflows, newest first, with ids below $1 (a keyset page; null: the first), at most $2,
+-- each with its jobs counted by state through the workflow index.
+SELECT w.id, w.name, extract(epoch FROM w.created_at)::float8 AS created_at, w.sinks,
+       (SELECT coalesce(jsonb_object_agg(state, n), '{}'::jsonb)
+        FROM (SELECT state, count(*) AS n FROM {t}jobs WHERE workflow_id = w.id
+              GROUP BY state) AS c) AS counts
+FROM {t}workflows AS w
+WHERE ($1::uuid IS NULL OR w.id < $1)
+ORDER BY w.id DESC
+LIMIT $2;

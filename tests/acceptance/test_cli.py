@@ -247,6 +247,21 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
     at = lines.index("recent failures:")
     assert lines[at + 2].split()[:3] == [str(failed), "fail", "failed"], describe(status)
     assert lines[at + 2].endswith("ValueError: the disk is read-only"), describe(status)
+    (throughput,) = [line for line in lines if line.startswith("finished over the last")]
+    assert "(1 failed, 1 succeeded)" in throughput, describe(status)
+    at = lines.index("nodes:")
+    assert lines[at + 1].split()[4:6] == ["RUNNING", "WORKERS"], describe(status)
+    snap = orjson.loads((await run_cli("status", "--json", env=env)).stdout)
+    assert snap["throughput"]["finished"] == {"failed": 1, "succeeded": 1}
+    assert len(snap["nodes"]) == 1 and snap["nodes"][0]["workers"] == 0
+
+    report = await run_cli("report", "cpu-vs-io", "--since", "1h", env=env)
+    assert report.returncode == 0, describe(report)
+    rows = {line.split()[0]: line.split() for line in report.stdout.splitlines()[2:]}
+    assert set(rows) == {"fail", "record"}, describe(report)
+    assert rows["fail"][3:5] == ["1", "1"] and rows["record"][3:5] == ["1", "0"]
+    as_json = orjson.loads((await run_cli("report", "cpu-vs-io", "--json", env=env)).stdout)
+    assert {j["name"]: j["attempts"] for j in as_json["jobs"]} == {"fail": 1, "record": 1}
 
     shown = await run_cli("show", str(failed), env=env)
     assert shown.returncode == 0, describe(shown)
@@ -254,6 +269,7 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
     assert "call  fail('the disk is read-only')" in shown.stdout
     assert "error    ValueError: the disk is read-only" in shown.stdout
     assert "Traceback (most recent call last):" in shown.stdout
+    assert "  ran      " in shown.stdout and "s of CPU" in shown.stdout, describe(shown)
     detail = orjson.loads((await run_cli("show", str(failed), "--json", env=env)).stdout)
     assert detail["error"]["type"] == "ValueError" and detail["args"] == ["the disk is read-only"]
 
@@ -274,6 +290,7 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
         (("show", "nope"), "'nope' is not a job id"),
         (("show", str(uuid.uuid4())), "no job with id"),
         (("jobs", "--since", "yesterday"), "--since 'yesterday' is neither a duration"),
+        (("report", "cpu-vs-io", "--since", "lately"), "--since 'lately' is not a duration"),
     ):
         result = await run_cli(*args, env=env)
         assert result.returncode == 2, describe(result)

@@ -97,8 +97,11 @@ async def test_a_rate_limit_spaces_starts_evenly(make_app: Callable[..., App]) -
             await one.result(job_id, timeout=TIMEOUT)
     started.sort()
     gaps = [b - a for a, b in itertools.pairwise(started)]
-    # 10/s: one start every 100 ms, whichever node claims; a few ms of timer jitter.
-    assert min(gaps) > 0.085, f"two starts {min(gaps) * 1000:.0f} ms apart"
+    # 10/s: starts booked 100 ms apart, whichever node claims. A node waits out the booked
+    # delay once its claim's answer arrives, so that answer's latency (tens of ms on a loaded
+    # 2-core machine) can start a job late, never early: two starts come closer than 100 ms
+    # only by the difference of two such latencies.
+    assert min(gaps) > 0.06, f"two starts {min(gaps) * 1000:.0f} ms apart"
     assert 2.2 < started[-1] - started[0] < 4.0
 
 

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-unit test-integration test-acceptance lint format typecheck bench clean
+.PHONY: help install run test test-unit test-integration test-acceptance lint format typecheck bench bench-peers clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ typecheck: install ## Type-check src/ with mypy --strict
 bench: install ## Run the benchmarks, print a table, update bench/RESULTS.md
 	$(BIN)/python -m bench
 
+bench-peers: install ## Run the same workloads on asyncjobs, procrastinate, arq and Celery; update bench/RESULTS.md
+	$(BIN)/python -m bench.peers
+
 clean: ## Remove the virtualenv, caches and private Postgres clusters
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .asyncjobs
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .asyncjobs bench/.peers
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -37,6 +37,7 @@ from . import (
     pool_memory,
     reap,
     report,
+    storage,
     workflows,
 )
 from .common import (
@@ -65,6 +66,7 @@ BENCHMARKS: dict[str, ModuleType] = {
         pool_memory,
         workflows,
         limits,
+        storage,
         dashboard,
     )
 }

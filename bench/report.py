@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import BENCH_DIR, RESULTS_DIR
+from .peers import report as peers_report
 
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 
@@ -217,7 +218,7 @@ def newest_docs(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
     newest: dict[str, dict[str, Any]] = {}
     for path in sorted([*directory.glob("*.json"), *(directory / "latest").glob("*.json")]):
         doc = json.loads(path.read_text())
-        if doc.get("quick"):
+        if doc.get("quick") or "benchmark" not in doc:  # the peers' runs: bench/peers/report.py
             continue
         name = doc["benchmark"]
         if name not in newest or doc["timestamp"] > newest[name]["timestamp"]:
@@ -229,7 +230,7 @@ def write_markdown(
     docs: dict[str, dict[str, Any]], order: Sequence[str], failed: Sequence[str] = ()
 ) -> None:
     """Write RESULTS.md from ``docs`` (``newest_docs``) and say so."""
-    RESULTS_MD.write_text(markdown(docs, order, failed))
+    RESULTS_MD.write_text(markdown(docs, order, failed) + peers_report.section())
     stamps = {docs[n]["timestamp"] for n in docs if n not in failed}
     note = f" (figures from {len(stamps)} runs: see its Runs line)" if len(stamps) > 1 else ""
     print(f"\nwrote {RESULTS_MD.relative_to(BENCH_DIR.parent)}{note}")

@@ -242,6 +242,11 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
     rest = orjson.loads((await run_cli("jobs", "--before", page["next"], "--json", env=env)).stdout)
     assert [j["id"] for j in rest["jobs"]] == [str(failed)] and rest["next"] is None
 
+    async def both_counted() -> bool:  # the node writes its statistics with its heartbeat
+        snap = orjson.loads((await run_cli("status", "--json", env=env)).stdout)
+        return bool(snap["throughput"]["finished"] == {"failed": 1, "succeeded": 1})
+
+    await wait_until(both_counted, timeout=30, what="the statistics of both jobs")
     status = await run_cli("status", env=env)
     lines = status.stdout.splitlines()
     at = lines.index("recent failures:")

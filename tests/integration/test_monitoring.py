@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 
-from asyncjobs import App, JobFailedError, Settings
+from asyncjobs import App, JobFailedError, MemoryStore, Settings
 from asyncjobs.monitoring import classify, snapshot
 from tests import pool_jobs
 from tests.helpers import wait_until
@@ -41,8 +41,8 @@ async def spin_between_naps(seconds: float) -> float:
     return seconds
 
 
-def build(settings: Settings) -> App:
-    app = pool_jobs.build_app(settings)
+def build(settings: Settings, store: MemoryStore | None = None) -> App:
+    app = pool_jobs.build_app(settings, store)
     for fn in (spin_here, nap_here, spin_between_naps):
         app.job()(fn)
     return app
@@ -77,7 +77,13 @@ async def test_the_report_classifies_cpu_bound_and_io_bound_jobs(any_settings: S
         for job_id in ids:
             with contextlib.suppress(JobFailedError):
                 await app.result(job_id, timeout=TIMEOUT)
-        await app.node.completer.wait_flushed()  # type: ignore[union-attr]
+
+        # The node writes its statistics with its heartbeat (every 0.5 s here).
+        async def all_counted() -> bool:
+            stats = await app.store.job_stats(started - 10)
+            return sum(s.attempts for s in stats) == 5
+
+        await wait_until(all_counted, timeout=TIMEOUT, what="the statistics of 5 attempts")
         stats = {s.name: s for s in await app.store.job_stats(started - 10)}
         shares = {name: classify(s).cpu_share for name, s in stats.items()}
         # A spinning job's share is 1 on an idle machine; other processes on a loaded one
@@ -112,14 +118,32 @@ async def test_status_shows_each_node_with_its_pool_workers(any_settings: Settin
             return len(nodes) == 1 and nodes[0].workers == 2
 
         await wait_until(two_workers_reported, timeout=TIMEOUT, what="a heartbeat with workers")
-        snap = await snapshot(app.store)
-        assert snap.throughput.finished.get("succeeded") == 1
+
+        async def counted() -> bool:
+            return (await snapshot(app.store)).throughput.finished == {"succeeded": 1}
+
+        await wait_until(counted, timeout=TIMEOUT, what="the finished job in the throughput")
 
 
 async def test_old_statistics_are_pruned_with_the_jobs(any_settings: Settings) -> None:
     async with build(any_settings) as app:
         await app.result(await app.enqueue("nap_here", 0.0), timeout=TIMEOUT)
-        await app.node.completer.wait_flushed()  # type: ignore[union-attr]
-        assert await app.store.job_stats(0.0)
+
+        async def counted() -> bool:
+            return bool(await app.store.job_stats(0.0))
+
+        await wait_until(counted, timeout=TIMEOUT, what="the statistics")
         await app.store.prune_rest(-3600.0, 3600.0)  # everything is older than "an hour ahead"
         assert await app.store.job_stats(0.0) == []
+
+
+async def test_a_stopping_node_writes_its_last_statistics(any_settings: Settings) -> None:
+    # A heartbeat far in the future: only the node's last write can carry the statistics.
+    settings = any_settings.replace(heartbeat_interval_s=600.0, node_timeout_s=1200.0)
+    memory = MemoryStore() if settings.dsn == "memory://" else None
+    async with build(settings, memory) as app:
+        await app.result(await app.enqueue("nap_here", 0.0), timeout=TIMEOUT)
+        assert await app.store.job_stats(0.0) == []
+    async with App(settings=any_settings, store=memory) as reader:
+        (stats,) = await reader.store.job_stats(0.0)
+    assert stats.name == "nap_here" and stats.attempts == 1

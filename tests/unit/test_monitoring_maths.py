@@ -100,3 +100,26 @@ async def test_the_meter_counts_the_jobs_own_steps_not_its_waits() -> None:
     job = Job()
     await metered(body(), job)  # type: ignore[arg-type]
     assert job.cpu is not None and 0.05 <= job.cpu < 0.09
+
+
+def test_node_stats_sum_per_bucket_name_and_outcome_and_survive_a_failed_write() -> None:
+    from asyncjobs.node.stats import NodeStats
+
+    stats = NodeStats()
+    stats.add("a", "succeeded", 1001.0, 0.5, 2.0, 1.0)
+    stats.add("a", "succeeded", 1009.9, 0.5, 4.0, None)  # same bucket, CPU not measured
+    stats.add("a", "scheduled", 1002.0, 0.0, 1.0, 0.1)  # a retry
+    stats.add("a", "succeeded", 1010.0, 0.0, 1.0, 0.2)  # the next bucket
+    rows = {(r.bucket, r.outcome): r for r in stats.take()}
+    assert stats.take() == []
+    first = rows[(1000.0, "succeeded")]
+    assert (first.attempts, first.wait_s, first.wall_s, first.max_wall_s) == (2, 1.0, 6.0, 4.0)
+    assert (first.timed, first.timed_wall_s, first.cpu_s) == (1, 2.0, 1.0)
+    assert rows[(1000.0, "retried")].attempts == 1 and rows[(1010.0, "succeeded")].attempts == 1
+
+    stats.give_back(list(rows.values()))  # the heartbeat failed
+    stats.add("a", "succeeded", 1005.0, 1.0, 8.0, 2.0)
+    merged = {(r.bucket, r.outcome): r for r in stats.take()}
+    again = merged[(1000.0, "succeeded")]
+    assert (again.attempts, again.wait_s, again.max_wall_s, again.timed) == (3, 2.0, 8.0, 2)
+    assert len(merged) == 3

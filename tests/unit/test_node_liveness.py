@@ -20,11 +20,11 @@ class FaultyStore(MemoryStore):
         self.failed_heartbeats = 0
         self.registrations_to_fail = 0
 
-    async def heartbeat(self, node_id: Any, running: int, workers: int = 0) -> Any:
+    async def heartbeat(self, node_id: Any, running: int, workers: int = 0, stats: Any = ()) -> Any:
         if self.heartbeats_fail:
             self.failed_heartbeats += 1
             raise StoreUnavailableError("test", "heartbeats are failing")
-        return await super().heartbeat(node_id, running, workers)
+        return await super().heartbeat(node_id, running, workers, stats)
 
     async def register_node(self, node: Any) -> None:
         if self.registrations_to_fail:

@@ -63,6 +63,7 @@ class RunningJob:
         "started",
         "stop_reason",
         "task",
+        "wait",
         "worker",
         "workflow_id",
     )
@@ -84,6 +85,7 @@ class RunningJob:
         self.worker: WorkerHandle | None = None  # isolated jobs: the pool worker running it
         self.started: float | None = None  # time.monotonic() when it began to run
         self.cpu: float | None = None  # its CPU time so far, where measured
+        self.wait = claimed.wait  # how long it waited to be claimed after it was due
 
 
 async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:

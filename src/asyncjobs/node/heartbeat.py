@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import StoreError
+from ..store.base import HeartbeatResult
 from .store_errors import log_store_error
 
 if TYPE_CHECKING:
@@ -34,8 +35,7 @@ async def run_heartbeat(node: Node) -> None:
     while True:
         await anyio.sleep(wait)
         try:
-            workers = len(node.pool.workers) if node.pool is not None else 0
-            result = await node.store.heartbeat(node.id, len(node.running), workers)
+            result = await beat(node)
         except StoreError as exc:
             log_store_error(exc, "heartbeat of node %s failed", node.id)
             wait = min(interval, RETRY_MIN_S if wait >= interval else wait * 2)
@@ -53,3 +53,19 @@ async def run_heartbeat(node: Node) -> None:
         node.heartbeat_succeeded()
         if result.cancel_requested:
             node.cancel_running(result.cancel_requested)
+
+
+async def beat(node: Node) -> HeartbeatResult:
+    """One heartbeat, carrying the statistics since the last one (given back if it fails)."""
+    workers = len(node.pool.workers) if node.pool is not None else 0
+    rows = node.stats.take()
+    try:
+        return await node.store.heartbeat(node.id, len(node.running), workers, rows)
+    except BaseException:
+        node.stats.give_back(rows)
+        raise
+
+
+async def write_last_stats(node: Node) -> None:
+    """The statistics of the node's last seconds, as it stops (one last heartbeat)."""
+    await beat(node)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..errors import StoreError
 from ..ids import new_id
 from ..jobs import JobId, coerce_job_id
 from ..pool.worker import CANCEL_SIGNAL, SOFT_SIGNAL
@@ -41,7 +42,7 @@ from .execution import (
     unknown_job_outcome,
 )
 from .fetcher import Fetcher
-from .heartbeat import run_heartbeat
+from .heartbeat import run_heartbeat, write_last_stats
 from .hooks import Hooks
 from .isolated import execute_isolated
 from .metrics import NodeMetrics
@@ -49,6 +50,7 @@ from .promoter import Promoter
 from .pruner import run_pruner
 from .reaper import run_reaper
 from .scheduler import run_scheduler
+from .stats import NodeStats
 
 if TYPE_CHECKING:
     from ..app import App
@@ -83,6 +85,7 @@ class Node:
         self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
         self.queue_free = dict(self.queue_limit)
         self.completer = Completer(store, self.id)
+        self.stats = NodeStats()  # written by the heartbeat
         self.promoter = Promoter(self)
         self.fetcher = Fetcher(self)
         self._draining = False
@@ -144,6 +147,11 @@ class Node:
                         self.id,
                         self.completer.buffered,
                     )
+                with anyio.move_on_after(2.0):  # the statistics of its last seconds
+                    try:
+                        await write_last_stats(self)
+                    except StoreError as exc:
+                        log.warning("node %s could not write its last statistics: %s", self.id, exc)
                 if self.hooks is not None:  # the last events, within one hook time box
                     await self.hooks.drain(self.settings.hook_timeout_s)
                 services.cancel_scope.cancel()
@@ -312,6 +320,10 @@ class Node:
                     o.reason, time.monotonic() - job.started, job.cpu,
                 )  # fmt: skip
             self.completer.add(outcome, job.concurrency_key)
+            self.stats.add(
+                job.name, outcome.state, outcome.finished_at, job.wait, outcome.wall_s,
+                outcome.cpu_s,
+            )  # fmt: skip
             if self.hooks is not None:
                 self.hooks.job_finished(job, outcome)
             if self.metrics is not None:

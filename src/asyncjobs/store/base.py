@@ -183,6 +183,22 @@ class Throughput(NamedTuple):
         return total / self.window_s if self.window_s > 0 else 0.0
 
 
+class StatsRow(NamedTuple):
+    """A node's finished attempts of one job name and outcome in one statistics bucket, as
+    its heartbeat writes them (``job_stats``)."""
+
+    bucket: float  # epoch seconds: the bucket's start
+    name: str
+    outcome: str  # succeeded, failed, cancelled or retried
+    attempts: int
+    wait_s: float
+    wall_s: float
+    max_wall_s: float
+    timed: int
+    timed_wall_s: float
+    cpu_s: float
+
+
 class JobStats(NamedTuple):
     """One job name's finished attempts over a period, with their summed timings."""
 
@@ -366,8 +382,10 @@ class Store(Protocol):
     async def register_node(self, node: NodeInfo) -> None: ...
 
     async def heartbeat(
-        self, node_id: JobId, running: int, workers: int = 0
-    ) -> HeartbeatResult: ...
+        self, node_id: JobId, running: int, workers: int = 0, stats: Sequence[StatsRow] = ()
+    ) -> HeartbeatResult:
+        """Refresh the node's heartbeat (``running`` jobs, ``workers`` in its pool), add its
+        statistics since the last one, and say whether it is alive and what to cancel."""
 
     async def deregister_node(self, node_id: JobId) -> None: ...
 

@@ -49,6 +49,7 @@ from .base import (
     RateBucket,
     ReapedNode,
     ScheduleRecord,
+    StatsRow,
     StepFailure,
     StoreEvent,
     Throughput,
@@ -432,8 +433,19 @@ class MemoryStore:
         await anyio.lowlevel.checkpoint()
         self.nodes[node.id] = _Node(node, time.time())
 
-    async def heartbeat(self, node_id: JobId, running: int, workers: int = 0) -> HeartbeatResult:
+    async def heartbeat(
+        self, node_id: JobId, running: int, workers: int = 0, stats: Sequence[StatsRow] = ()
+    ) -> HeartbeatResult:
         await anyio.lowlevel.checkpoint()
+        for r in stats:  # the node's statistics, written even if it was reaped
+            row = self._stats.setdefault((r.bucket, node_id, r.name, r.outcome), [0] * 7)
+            row[0] += r.attempts
+            row[1] += r.wait_s
+            row[2] += r.wall_s
+            row[3] = max(row[3], r.max_wall_s)
+            row[4] += r.timed
+            row[5] += r.timed_wall_s
+            row[6] += r.cpu_s
         node = self.nodes.get(node_id)
         if node is None or node.reaped_at is not None:
             return HeartbeatResult(False, [])
@@ -661,7 +673,6 @@ class MemoryStore:
                     state = "cancelled"  # someone asked to cancel it: never run it again
                 elif job.attempt >= job.max_attempts:
                     state = "failed"  # no attempts left: a retry would run it once too often
-            self._count(node_id, job, state, o)
             job.result = o.result
             job.error = o.error
             job.wall_s, job.cpu_s = o.wall_s, o.cpu_s
@@ -686,20 +697,6 @@ class MemoryStore:
         self._wake(woken, earliest)
         self._unpark(freed)  # the slots of finished keyed jobs, to the jobs parked for them
         return rejected
-
-    def _count(self, node_id: JobId, job: _Job, state: str, o: Outcome) -> None:
-        outcome = "retried" if state in ("queued", "scheduled") else state
-        key = (stats_bucket(o.finished_at), node_id, job.name, outcome)
-        row = self._stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0])
-        wall = o.wall_s or 0.0
-        row[0] += 1
-        row[1] += max(0.0, (job.started_at or job.run_at) - job.run_at)
-        row[2] += wall
-        row[3] = max(row[3], wall)
-        if o.cpu_s is not None:
-            row[4] += 1
-            row[5] += wall
-            row[6] += o.cpu_s
 
     async def throughput(self, now: float, window_s: float) -> Throughput:
         await anyio.lowlevel.checkpoint()

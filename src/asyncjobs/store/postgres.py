@@ -55,6 +55,7 @@ from .base import (
     RateBucket,
     ReapedNode,
     ScheduleRecord,
+    StatsRow,
     StepFailure,
     StoreEvent,
     Throughput,
@@ -353,9 +354,12 @@ class PostgresStore:
                 node.concurrency,
             )
 
-    async def heartbeat(self, node_id: JobId, running: int, workers: int = 0) -> HeartbeatResult:
+    async def heartbeat(
+        self, node_id: JobId, running: int, workers: int = 0, stats: Sequence[StatsRow] = ()
+    ) -> HeartbeatResult:
+        columns: list[Any] = [list(c) for c in zip(*stats, strict=True)] if stats else [[]] * 10
         async with self._errors():
-            row = await self.pool.fetchrow(self.q["heartbeat"], node_id, running, workers)
+            row = await self.pool.fetchrow(self.q["heartbeat"], node_id, running, workers, *columns)
         assert row is not None
         return HeartbeatResult(row["alive"], list(row["cancel_ids"]))
 

@@ -240,10 +240,31 @@ VALUES ($1, $2, $3, $4, $5, $6);
 -- Refreshes node $1's heartbeat with the database clock (one statement, however many jobs run)
 -- and returns whether the node is still alive (not reaped), and the running jobs on it that
 -- were asked to cancel (catching any cancel whose NOTIFY was missed). $3: its pool's workers.
+-- $4..$13: the node's statistics since its last heartbeat, one element per bucket, job name
+-- and outcome, added to its own rows (a reaped node's too: that work was done).
 WITH hb AS (
     UPDATE {t}nodes SET heartbeat_at = now(), running = $2, workers = $3
     WHERE id = $1 AND reaped_at IS NULL
     RETURNING id
+), stats AS (
+    INSERT INTO {t}job_stats AS s
+        (bucket, node_id, name, outcome, attempts, wait_s, wall_s, max_wall_s, timed,
+         timed_wall_s, cpu_s)
+    SELECT to_timestamp(x.bucket), $1, x.name, x.outcome, x.attempts, x.wait_s, x.wall_s,
+           x.max_wall_s, x.timed, x.timed_wall_s, x.cpu_s
+    FROM unnest($4::float8[], $5::text[], $6::text[], $7::integer[], $8::float8[],
+                $9::float8[], $10::float8[], $11::integer[], $12::float8[], $13::float8[])
+         AS x(bucket, name, outcome, attempts, wait_s, wall_s, max_wall_s, timed,
+              timed_wall_s, cpu_s)
+    ON CONFLICT (bucket, node_id, name, outcome) DO UPDATE
+    SET attempts = s.attempts + excluded.attempts,
+        wait_s = s.wait_s + excluded.wait_s,
+        wall_s = s.wall_s + excluded.wall_s,
+        max_wall_s = greatest(s.max_wall_s, excluded.max_wall_s),
+        timed = s.timed + excluded.timed,
+        timed_wall_s = s.timed_wall_s + excluded.timed_wall_s,
+        cpu_s = s.cpu_s + excluded.cpu_s
+    RETURNING 1
 )
 SELECT EXISTS (SELECT 1 FROM hb) AS alive,
        ARRAY(SELECT id FROM {t}jobs

@@ -2,9 +2,10 @@
 -- measured them), and the nodes keep per-node statistics in 10-second buckets: attempts by
 -- job name and outcome, with their summed queue wait, run time and CPU time. The status
 -- command's throughput and the CPU-vs-IO report read those few rows instead of the finished
--- jobs. Each node writes only its own rows (its id is in the key), in the statement that
--- records the outcomes, so nodes never contend on them. Nodes report their pool's workers,
--- and a claim returns how long each job waited, for the node's metrics.
+-- jobs. A node adds up its own in memory and writes them with its heartbeat (see heartbeat
+-- in queries.sql): no statement of the hot path does more, and its id is in the key, so nodes
+-- never contend on them. Nodes report their pool's workers, and a claim returns how long
+-- each job waited after it was due.
 
 ALTER TABLE {t}jobs
     ADD COLUMN wall_s real,   -- the last attempt's run time, seconds
@@ -27,8 +28,7 @@ CREATE TABLE {t}job_stats (
     PRIMARY KEY (bucket, node_id, name, outcome)
 );
 
--- complete_jobs, again (see 0005), with each outcome's run and CPU time, which it stores on
--- the job and adds to the node's statistics.
+-- complete_jobs, again (see 0005), with each outcome's run and CPU time, stored on the job.
 DROP FUNCTION {t}complete_jobs(
     uuid, uuid[], integer[], {t}job_state[], jsonb[], jsonb[], float8[], float8[], text[]
 );
@@ -66,7 +66,6 @@ BEGIN
     -- Step 2, under a new snapshot: update exactly the locked versions.
     WITH outcome AS (
         SELECT x.tid, x.result, x.error, x.finished, x.run_at, x.reason, x.wall, x.cpu,
-               j.name, greatest(extract(epoch FROM j.started_at - j.run_at), 0) AS wait,
                x.state AS reported,
                CASE WHEN x.state IN ('queued', 'scheduled') AND j.cancel_requested
                     THEN 'cancelled'::{t}job_state
@@ -94,28 +93,6 @@ BEGIN
         FROM outcome AS o
         WHERE j.ctid = o.tid
         RETURNING j.id, j.queue, j.state, j.run_at, j.has_dependents, j.concurrency_key
-    ), stats AS (
-        -- This node's own rows only (the node is in the key), so nodes never contend here.
-        INSERT INTO {t}job_stats AS s
-            (bucket, node_id, name, outcome, attempts, wait_s, wall_s, max_wall_s, timed,
-             timed_wall_s, cpu_s)
-        SELECT to_timestamp(floor(o.finished / 10) * 10), p_node, o.name,
-               CASE WHEN o.state IN ('queued', 'scheduled') THEN 'retried'
-                    ELSE o.state::text END,
-               count(*), coalesce(sum(o.wait), 0), coalesce(sum(o.wall), 0),
-               coalesce(max(o.wall), 0), count(o.cpu),
-               coalesce(sum(o.wall) FILTER (WHERE o.cpu IS NOT NULL), 0),
-               coalesce(sum(o.cpu), 0)
-        FROM outcome AS o
-        GROUP BY 1, 3, 4
-        ON CONFLICT (bucket, node_id, name, outcome) DO UPDATE
-        SET attempts = s.attempts + excluded.attempts,
-            wait_s = s.wait_s + excluded.wait_s,
-            wall_s = s.wall_s + excluded.wall_s,
-            max_wall_s = greatest(s.max_wall_s, excluded.max_wall_s),
-            timed = s.timed + excluded.timed,
-            timed_wall_s = s.timed_wall_s + excluded.timed_wall_s,
-            cpu_s = s.cpu_s + excluded.cpu_s
     ), waited AS (
         DELETE FROM {t}waiters AS w USING applied AS a
         WHERE w.job_id = a.id AND a.state IN ('succeeded', 'failed', 'cancelled', 'lost')

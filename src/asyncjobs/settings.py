@@ -127,8 +127,9 @@ class Settings:
     Turn off where the app's database user may not change the schema, and run
     ``asyncjobs migrate`` on deploy instead."""
     measure_cpu: bool = True
-    """Measure each coroutine job's own CPU time (two reads of the thread's CPU clock per
-    step of the job; see ``asyncjobs.node.cputime``). Pool jobs always report theirs."""
+    """Measure each coroutine job's CPU time: the time its steps hold the event loop (two
+    reads of the monotonic clock per step; see ``asyncjobs.node.cputime``). Pool jobs always
+    report theirs."""
     metrics_port: int = 0
     """Serve Prometheus metrics at ``http://metrics_host:metrics_port/metrics`` from the
     node (needs ``asyncjobs[metrics]``); 0 (the default) serves none."""

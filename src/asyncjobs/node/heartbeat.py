@@ -64,8 +64,3 @@ async def beat(node: Node) -> HeartbeatResult:
     except BaseException:
         node.stats.give_back(rows)
         raise
-
-
-async def write_last_stats(node: Node) -> None:
-    """The statistics of the node's last seconds, as it stops (one last heartbeat)."""
-    await beat(node)

@@ -42,7 +42,7 @@ from .execution import (
     unknown_job_outcome,
 )
 from .fetcher import Fetcher
-from .heartbeat import run_heartbeat, write_last_stats
+from .heartbeat import beat, run_heartbeat
 from .hooks import Hooks
 from .isolated import execute_isolated
 from .metrics import NodeMetrics
@@ -147,9 +147,9 @@ class Node:
                         self.id,
                         self.completer.buffered,
                     )
-                with anyio.move_on_after(2.0):  # the statistics of its last seconds
+                with anyio.move_on_after(2.0):  # one last beat: its last seconds' statistics
                     try:
-                        await write_last_stats(self)
+                        await beat(self)
                     except StoreError as exc:
                         log.warning("node %s could not write its last statistics: %s", self.id, exc)
                 if self.hooks is not None:  # the last events, within one hook time box

@@ -13,13 +13,11 @@ import asyncio
 import importlib
 import logging
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -39,12 +37,14 @@ from .errors import (
     UnknownJobError,
     WorkflowNotFoundError,
 )
-from .ids import id_floor
 from .jobs import JobId, JobState, coerce_job_id
 from .monitoring import (
     CPU_BOUND_FROM,
     IO_BOUND_BELOW,
+    age,
     classify,
+    created_since,
+    duration_s,
     error_line,
     record_detail,
     record_summary,
@@ -280,10 +280,6 @@ async def cmd_schedules(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _parse_ids(values: Sequence[str]) -> list[JobId]:
     try:
         return [coerce_job_id(v) for v in values]
@@ -292,23 +288,12 @@ def _parse_ids(values: Sequence[str]) -> list[JobId]:
 
 
 def _since_bound(value: str | None) -> JobId | None:
-    """The smallest id of a job created ``value`` ago ("90s", "30m", "1h", "2d") or since an
-    ISO time: ids are UUIDv7, so this bounds the primary-key scan."""
     if value is None:
         return None
-    match = _SINCE.match(value.strip())
-    if match:
-        return id_floor(time.time() - float(match[1]) * _UNIT_S[match[2]])
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise CliError(
-            f"--since {value!r} is neither a duration (90s, 30m, 1h, 2d) nor an ISO time "
-            "(2026-11-21T10:00:00+00:00)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return id_floor(when.timestamp())
+        return created_since(value)
+    except ValueError as exc:
+        raise CliError(f"--since {exc}") from None
 
 
 async def cmd_jobs(args: argparse.Namespace) -> int:
@@ -431,7 +416,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         ("QUEUE", "QUEUED", "PARKED", "RUNNING", "SCHEDULED", "OLDEST WAIT")
     ]
     for q in snap.queues:
-        wait = "-" if q.oldest_queued_at is None else _age(now - q.oldest_queued_at)
+        wait = "-" if q.oldest_queued_at is None else age(now - q.oldest_queued_at)
         rows.append((q.queue, str(q.queued), str(q.parked), str(q.running), str(q.scheduled), wait))
     if snap.queues:
         _print_rows(rows)
@@ -446,7 +431,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     for n in snap.nodes:
         rows.append(
             (str(n.id), n.host, str(n.pid), ",".join(n.queues), f"{n.running}/{n.concurrency}",
-             str(n.workers), f"{_age(n.heartbeat_age_s)} ago", _age(now - n.started_at))
+             str(n.workers), f"{age(n.heartbeat_age_s)} ago", age(now - n.started_at))
         )  # fmt: skip
     if snap.nodes:
         _print_rows(rows)
@@ -469,7 +454,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     print("recent failures:" if snap.failures else "no recent failures")
     rows = [("JOB", "NAME", "STATE", "ENDED", "ERROR")]
     for r in snap.failures:
-        ended = "-" if r.finished_at is None else f"{_age(now - r.finished_at.timestamp())} ago"
+        ended = "-" if r.finished_at is None else f"{age(now - r.finished_at.timestamp())} ago"
         rows.append((str(r.id), r.name, r.state.value, ended, error_line(r)))
     if snap.failures:
         _print_rows(rows)
@@ -517,21 +502,10 @@ async def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _duration_s(value: str, flag: str) -> float:
-    match = _SINCE.match(value.strip())
-    if not match or float(match[1]) <= 0:
-        raise CliError(f"{flag} {value!r} is not a duration; use for example 90s, 30m, 1h or 2d")
-    return float(match[1]) * _UNIT_S[match[2]]
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    try:
+        return duration_s(value)
+    except ValueError as exc:
+        raise CliError(f"{flag} {exc}") from None
 
 
 def _print_rows(rows: Sequence[tuple[str, ...]]) -> None:

@@ -8,10 +8,13 @@ with a million finished jobs as with none.
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from .jobs import JobRecord
+from .ids import id_floor
+from .jobs import JobId, JobRecord
 from .store.base import BusyKey, JobStats, NodeStatus, QueueCounts, RateBucket, Store, Throughput
 
 THROUGHPUT_WINDOW_S = 60.0
@@ -22,6 +25,56 @@ ROWS_SHOWN = 20  # busy keys and rate buckets
 # IO_BOUND_BELOW, IO-bound; in between, mixed.
 CPU_BOUND_FROM = 0.5
 IO_BOUND_BELOW = 0.1
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> float:
+    """Seconds in "90s", "30m", "1h", "2d"; ``ValueError`` with a sentence otherwise."""
+    match = _DURATION.match(text.strip())
+    if not match or float(match[1]) <= 0:
+        raise ValueError(f"{text!r} is not a duration; use for example 90s, 30m, 1h or 2d")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def created_since(text: str, now: float | None = None) -> JobId:
+    """The smallest id of a job created ``text`` ago ("90s", "30m", "1h", "2d") or since an
+    ISO time: ids are UUIDv7, so this bounds the primary-key scan. ``ValueError`` with a
+    sentence if it is neither."""
+    now = time.time() if now is None else now
+    match = _DURATION.match(text.strip())
+    if match:
+        return id_floor(now - float(match[1]) * _UNIT_S[match[2]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (90s, 30m, 1h, 2d) nor an ISO time "
+            "(2026-11-21T10:00:00+00:00)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return id_floor(when.timestamp())
+
+
+def age(seconds: float | None) -> str:
+    """A duration for people: ``250 ms``, ``4.2 s``, ``3.1 min``, ``2.0 h``, ``1.5 d``."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2f} ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
 
 
 class Snapshot(NamedTuple):

@@ -3,24 +3,19 @@ wrong: a bad value is a 400 page naming it, never a traceback."""
 
 from __future__ import annotations
 
-import re
-import time
-from datetime import UTC, datetime
 from typing import NamedTuple
 from urllib.parse import urlencode
 
 from starlette.datastructures import QueryParams
 
-from ..ids import id_floor
 from ..jobs import JobId, JobState, coerce_job_id
+from ..monitoring import created_since
 from ..store.base import JobQuery
 
 PAGE_SIZE = 50  # jobs or workflows per page, unless ?limit= says otherwise
 MAX_PAGE_SIZE = 500
 MAX_TEXT = 200  # the longest queue or job name a filter takes
 STATES = tuple(s.value for s in JobState)
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class BadRequest(Exception):
@@ -68,22 +63,11 @@ def parse_before(params: QueryParams, what: str = "job") -> JobId | None:
 
 
 def since_floor(value: str, now: float | None = None) -> JobId:
-    """The smallest id of a job created ``value`` ago ("90s", "30m", "1h", "2d") or since an
-    ISO time: ids are UUIDv7, so this bounds the primary-key scan."""
-    now = time.time() if now is None else now
-    match = _SINCE.match(value)
-    if match:
-        return id_floor(now - float(match[1]) * _UNIT_S[match[2]])
+    """``monitoring.created_since``, with a bad value as a ``BadRequest``."""
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(
-            f"since {value!r} is neither a duration (90s, 30m, 1h, 2d) nor an ISO time "
-            "(2026-11-21T10:00:00+00:00)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return id_floor(when.timestamp())
+        return created_since(value, now)
+    except ValueError as exc:
+        raise BadRequest(f"since {exc}") from None
 
 
 class JobFilters(NamedTuple):

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from ..clock import to_datetime
-from ..monitoring import error_line
+from ..monitoring import age, error_line
 from .auth import CSRF_FIELD
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -39,24 +39,6 @@ def utc(value: datetime | float | None, *, ms: bool = False) -> str:
     when = value if isinstance(value, datetime) else to_datetime(value)
     text = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if ms else "%Y-%m-%d %H:%M:%S")
     return text[:-3] if ms else text
-
-
-def age(seconds: float | None) -> str:
-    """A duration for people: ``4.2 s``, ``3.1 min``, ``2.0 h``, ``1.5 d``."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 0.01:
-        return f"{seconds * 1000:.2f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def since(value: datetime | float | None, now: float) -> str:

@@ -9,7 +9,7 @@ the next one; a node that dies loses at most one heartbeat interval of statistic
 
 from __future__ import annotations
 
-from ..store.base import StatsRow, stats_bucket
+from ..store.base import StatsRow, add_stats, stats_bucket
 
 
 class NodeStats:
@@ -52,12 +52,4 @@ class NodeStats:
     def give_back(self, rows: list[StatsRow]) -> None:
         """Rows a failed heartbeat could not write: they go with the next one."""
         for r in rows:
-            key = (r.bucket, r.name, r.outcome)
-            row = self._rows.setdefault(key, [0, 0.0, 0.0, 0.0, 0, 0.0, 0.0])
-            row[0] += r.attempts
-            row[1] += r.wait_s
-            row[2] += r.wall_s
-            row[3] = max(row[3], r.max_wall_s)
-            row[4] += r.timed
-            row[5] += r.timed_wall_s
-            row[6] += r.cpu_s
+            add_stats(self._rows.setdefault((r.bucket, r.name, r.outcome), [0] * 7), r)

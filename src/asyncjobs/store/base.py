@@ -199,6 +199,18 @@ class StatsRow(NamedTuple):
     cpu_s: float
 
 
+def add_stats(acc: list[float], r: StatsRow) -> None:
+    """Add ``r`` to ``acc``, [attempts, wait, wall, max_wall, timed, timed_wall, cpu]: how a
+    node's rows and the stored ones are summed (``job_stats`` in Postgres does the same)."""
+    acc[0] += r.attempts
+    acc[1] += r.wait_s
+    acc[2] += r.wall_s
+    acc[3] = max(acc[3], r.max_wall_s)
+    acc[4] += r.timed
+    acc[5] += r.timed_wall_s
+    acc[6] += r.cpu_s
+
+
 class JobStats(NamedTuple):
     """One job name's finished attempts over a period, with their summed timings."""
 

@@ -54,6 +54,7 @@ from .base import (
     StoreEvent,
     Throughput,
     WorkflowInfo,
+    add_stats,
     record_from_row,
     stats_bucket,
     upstream_reason,
@@ -438,14 +439,7 @@ class MemoryStore:
     ) -> HeartbeatResult:
         await anyio.lowlevel.checkpoint()
         for r in stats:  # the node's statistics, written even if it was reaped
-            row = self._stats.setdefault((r.bucket, node_id, r.name, r.outcome), [0] * 7)
-            row[0] += r.attempts
-            row[1] += r.wait_s
-            row[2] += r.wall_s
-            row[3] = max(row[3], r.max_wall_s)
-            row[4] += r.timed
-            row[5] += r.timed_wall_s
-            row[6] += r.cpu_s
+            add_stats(self._stats.setdefault((r.bucket, node_id, r.name, r.outcome), [0] * 7), r)
         node = self.nodes.get(node_id)
         if node is None or node.reaped_at is not None:
             return HeartbeatResult(False, [])

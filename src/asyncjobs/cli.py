@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -158,7 +159,7 @@ async def cmd_node(args: argparse.Namespace) -> int:
     if args.dashboard_port is not None:  # checked before anything starts
         from .dashboard.cli import load_server
 
-        dashboard = load_server(None, args.dashboard_port, "--dashboard-port")
+        dashboard = load_server(None, args.dashboard_host, args.dashboard_port, "--dashboard-port")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
@@ -167,10 +168,8 @@ async def cmd_node(args: argparse.Namespace) -> int:
         node = app.node
         async with anyio.create_task_group() as tg:
             if dashboard is not None:
-                serve, token = dashboard
-                url = await tg.start(
-                    serve, app.store, token, args.dashboard_host, args.dashboard_port
-                )
+                serve, token, sock = dashboard
+                url = await tg.start(partial(serve, app.store, token, sock=sock))
                 log.info("dashboard on %s", url)
             await _wait_any(stop.wait(), node.wait_stopped())
             tg.cancel_scope.cancel()

@@ -27,8 +27,9 @@ CPU_BOUND_FROM = 0.5
 IO_BOUND_BELOW = 0.1
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_DURATION = re.compile(r"^(\d{1,9}(?:\.\d{1,9})?)\s*(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 100 * 365 * 86400.0  # longer ago than any job
 
 
 def duration_s(text: str) -> float:
@@ -36,7 +37,7 @@ def duration_s(text: str) -> float:
     match = _DURATION.match(text.strip())
     if not match or float(match[1]) <= 0:
         raise ValueError(f"{text!r} is not a duration; use for example 90s, 30m, 1h or 2d")
-    return float(match[1]) * _UNIT_S[match[2]]
+    return min(float(match[1]) * _UNIT_S[match[2]], MAX_DURATION_S)
 
 
 def created_since(text: str, now: float | None = None) -> JobId:
@@ -46,7 +47,7 @@ def created_since(text: str, now: float | None = None) -> JobId:
     now = time.time() if now is None else now
     match = _DURATION.match(text.strip())
     if match:
-        return id_floor(now - float(match[1]) * _UNIT_S[match[2]])
+        return id_floor(now - min(float(match[1]) * _UNIT_S[match[2]], MAX_DURATION_S))
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

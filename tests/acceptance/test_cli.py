@@ -296,6 +296,8 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
         (("show", str(uuid.uuid4())), "no job with id"),
         (("jobs", "--since", "yesterday"), "--since 'yesterday' is neither a duration"),
         (("report", "cpu-vs-io", "--since", "lately"), "--since 'lately' is not a duration"),
+        (("jobs", "--since", "9" * 30 + "d"), "is neither a duration"),
+        (("report", "cpu-vs-io", "--since", "9" * 30 + "d"), "is not a duration"),
     ):
         result = await run_cli(*args, env=env)
         assert result.returncode == 2, describe(result)

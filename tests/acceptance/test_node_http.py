@@ -15,7 +15,7 @@ import httpx
 from asyncjobs import App
 from tests.helpers import wait_until
 
-from .nodes import CLI, ROOT, NodeRunner, describe, run_cli, subprocess_env
+from .nodes import CLI, ROOT, TEST_APP, NodeRunner, describe, run_cli, subprocess_env
 
 TOKEN = "a-long-enough-dashboard-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -69,6 +69,17 @@ async def test_the_dashboard_command_serves_until_sigterm_and_refuses_without_a_
     refused = await run_cli("dashboard", env=subprocess_env(pg_dsn, pg_schema))
     assert refused.returncode == 2 and "the dashboard needs a token" in refused.stderr
     assert "Traceback" not in refused.stderr, describe(refused)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        for args in (("dashboard", "--port", port), ("node", "--app", TEST_APP,
+                                                     "--dashboard-port", port)):  # fmt: skip
+            taken = await run_cli(*args, env=env)
+            assert taken.returncode == 2, describe(taken)
+            assert f"cannot listen on 127.0.0.1:{port}" in taken.stderr, describe(taken)
+            assert "Traceback" not in taken.stderr, describe(taken)
 
     out = tmp_path / "dashboard.log"
     proc = spawn_dashboard(env, out)

@@ -93,6 +93,10 @@ async def test_anonymous_requests_get_401_with_the_login_form_or_json(world: Wor
     assert response.status_code == 401
     assert response.json() == {"error": "This dashboard needs its token."}
     assert 'name="csrf"' not in (await web.get("/")).text  # no CSRF value for strangers
+    # Nor on the error pages a stranger can reach (/login is open to everyone).
+    for response in (await web.put("/login"), await web.post("/login", content=b"x" * 9000)):
+        assert response.status_code in (400, 405), response.status_code
+        assert 'name="csrf"' not in response.text and "Log out" not in response.text
 
 
 async def test_a_wrong_token_gets_401_by_header_form_or_cookie(world: World) -> None:

@@ -143,6 +143,23 @@ async def test_a_failing_hook_is_logged_and_the_jobs_succeed(
     assert "raised RuntimeError: the log service is down" in logged.getMessage()
 
 
+async def test_a_hook_that_raises_system_exit_does_not_stop_the_node(
+    any_settings: Settings,
+) -> None:
+    app = make(any_settings)
+
+    @app.on_event("job_finished")
+    async def exits(event: Event) -> None:
+        raise SystemExit(3)
+
+    async with app:
+        for i in range(5):
+            assert await app.result(await app.enqueue("noop", i), timeout=TIMEOUT) == i
+        lane = app.node.hooks.lanes[0]
+        await wait_until(lambda: lane.failed == 5, timeout=TIMEOUT, what="every call")
+        assert await app.result(await app.enqueue("noop", 9), timeout=TIMEOUT) == 9
+
+
 def test_what_cannot_be_a_hook_is_refused_with_a_sentence() -> None:
     app = App(dsn="memory://")
 

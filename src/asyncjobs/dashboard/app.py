@@ -59,7 +59,12 @@ def create_app(store: Store, token: str, *, title: str = DEFAULT_TITLE) -> Starl
     def error_page(request: Request, status: int, message: str) -> Response:
         if wants_json(request):
             return JSONResponse({"error": message}, status_code=status)
-        return renderer.page(request, "error.html", status, status=status, message=message)
+        # Error pages reach anonymous visitors too (on /login): the CSRF field and the
+        # navigation only for a request that holds the token.
+        return renderer.page(
+            request, "error.html", status, signed_in=auth.allowed(request), status=status,
+            message=message,
+        )  # fmt: skip
 
     async def bad_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BadRequest)

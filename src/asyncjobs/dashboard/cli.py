@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import anyio
@@ -46,14 +47,16 @@ def add_command(
     register(p, cmd_dashboard)
 
 
-def load_server(token: str | None, port: int, flag: str = "--port") -> tuple[Any, str]:
-    """The ``serve`` function and the checked token, or a ``CliError`` that says what to do
-    (install the extra, give a token, give a port)."""
+def load_server(
+    token: str | None, host: str, port: int, flag: str = "--port"
+) -> tuple[Any, str, Any]:
+    """The ``serve`` function, the checked token and a socket listening on host:port, or a
+    ``CliError`` that says what to do (install the extra, give a token, free the port)."""
     from ..cli import CliError
 
     try:
         from .auth import check_token
-        from .server import serve
+        from .server import listen, serve
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in EXTRA_MODULES:
             raise
@@ -62,20 +65,21 @@ def load_server(token: str | None, port: int, flag: str = "--port") -> tuple[Any
         ) from None
     if not 0 <= port <= 65535:
         raise CliError(f"{flag} {port} is not a port (0 to 65535)")
-    return serve, check_token(token or os.environ.get(TOKEN_ENV))
+    checked = check_token(token or os.environ.get(TOKEN_ENV))
+    return serve, checked, listen(host, port)  # a busy port fails here, as one sentence
 
 
 async def cmd_dashboard(args: argparse.Namespace) -> int:
     from ..cli import EXIT_OK, _open_store
 
-    serve, token = load_server(args.token, args.port)
+    serve, token, sock = load_server(args.token, args.host, args.port)
     stop = anyio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
         async with _open_store(args) as store, anyio.create_task_group() as tg:
-            url = await tg.start(serve, store, token, args.host, args.port)
+            url = await tg.start(partial(serve, store, token, sock=sock))
             print(f"asyncjobs dashboard on {url} (Ctrl-C stops it)", flush=True)
             await stop.wait()
             tg.cancel_scope.cancel()

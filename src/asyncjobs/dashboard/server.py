@@ -63,29 +63,36 @@ async def serve(
     port: int = DEFAULT_PORT,
     *,
     title: str = DEFAULT_TITLE,
+    sock: socket.socket | None = None,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the dashboard for ``store`` on host:port until cancelled.
 
     Reports its URL through ``task_status`` (``url = await tg.start(serve, store, token)``) once
     the port is listening, so ``port=0`` picks a free one. Raises ``ConfigurationError`` for a
-    token that cannot protect it or an address that cannot be had.
+    token that cannot protect it or an address that cannot be had. ``sock``: a socket already
+    listening (``listen(host, port)``), for callers that want a busy port to fail before
+    anything else starts; it is closed when serving ends.
     """
     app = create_app(store, token, title=title)
-    sock = listen(host, port)
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
-    url = f"http://{shown}:{bound[1]}/"
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,  # the process's logging stays as the caller set it up
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=GRACE_S,
-    )
-    server = _Server(config)
-    running = asyncio.create_task(server.serve(sockets=[sock]))
+    sock = sock if sock is not None else listen(host, port)
+    try:
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+        url = f"http://{shown}:{bound[1]}/"
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,  # the process's logging stays as the caller set it up
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACE_S,
+        )
+        server = _Server(config)
+        running = asyncio.create_task(server.serve(sockets=[sock]))
+    except BaseException:
+        sock.close()
+        raise
     log.info("dashboard on %s", url)
     task_status.started(url)
     try:

@@ -69,6 +69,8 @@ class _Lane:
         self.timeout_s = timeout_s
         self.pending: deque[Event] = deque()
         self.wake = anyio.Event()
+        self.idle = anyio.Event()  # set while nothing is queued or being delivered
+        self.idle.set()
         self.dropped = 0
         self.failed = 0
         self.calls = 0
@@ -82,19 +84,18 @@ class _Lane:
             self._complain(f"is {MAX_PENDING:,} events behind; dropping new ones")
             return
         self.pending.append(event)
+        if self.idle.is_set():
+            self.idle = anyio.Event()
         self.wake.set()
 
     async def run(self) -> None:
+        """Deliver the events one at a time, in order, until cancelled."""
         while True:
             await self.wake.wait()
             self.wake = anyio.Event()
             while self.pending:
                 await self._call(self.pending.popleft())
-
-    async def drain(self) -> None:
-        """Deliver what is queued (the node calls this once, while it stops)."""
-        while self.pending:
-            await self._call(self.pending.popleft())
+            self.idle.set()
 
     async def _call(self, event: Event) -> None:
         self.calls += 1
@@ -104,7 +105,7 @@ class _Lane:
         except TimeoutError:
             self.failed += 1
             self._complain(f"took longer than {self.timeout_s:g} s (hook_timeout_s); abandoned")
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a hook never stops the node
             self.failed += 1
             self._complain(f"raised {type(exc).__name__}: {exc}", exc)
 
@@ -171,10 +172,11 @@ class Hooks:
                 tg.start_soon(lane.run)
 
     async def drain(self, deadline_s: float) -> None:
+        """Wait, at most ``deadline_s``, until every hook has been given its queued events
+        (each lane's own task delivers them: a hook is never called twice at once)."""
         with anyio.move_on_after(deadline_s):
-            async with anyio.create_task_group() as tg:
-                for lane in self.lanes:
-                    tg.start_soon(lane.drain)
+            for lane in self.lanes:
+                await lane.idle.wait()
 
 
 def check_hook(kinds: tuple[str, ...], fn: Any) -> None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import StoreError
 from ..ids import new_id
 from ..jobs import JobId, coerce_job_id
 from ..pool.worker import CANCEL_SIGNAL, SOFT_SIGNAL
@@ -57,6 +56,8 @@ if TYPE_CHECKING:
     from ..pool.pool import ProcessPool
 
 log = logging.getLogger("asyncjobs.node")
+
+HOOK_DRAIN_MAX_S = 10.0  # the longest a stopping node waits for its hooks' last events
 
 
 class Node:
@@ -147,15 +148,16 @@ class Node:
                         self.id,
                         self.completer.buffered,
                     )
-                with anyio.move_on_after(2.0):  # one last beat: its last seconds' statistics
-                    try:
-                        await beat(self)
-                    except StoreError as exc:
-                        log.warning("node %s could not write its last statistics: %s", self.id, exc)
-                if self.hooks is not None:  # the last events, within one hook time box
-                    await self.hooks.drain(self.settings.hook_timeout_s)
+                if self.hooks is not None:  # the last events, within one time box (10 s at most)
+                    await self.hooks.drain(min(self.settings.hook_timeout_s, HOOK_DRAIN_MAX_S))
                 services.cancel_scope.cancel()
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                # One last beat, now that no other can be in flight: its last statistics.
+                try:
+                    await beat(self)
+                except Exception as exc:  # the database may be the reason we are stopping
+                    log.warning("node %s could not write its last statistics: %s", self.id, exc)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 try:
                     await self.store.deregister_node(self.id)

@@ -5,6 +5,8 @@ waits, run times and CPU times as jobs end (a dictionary lookup and a few additi
 heartbeat writes what accumulated in its one statement (``Store.heartbeat``). Nothing is
 added to the hot path's statements. If a heartbeat fails, its rows are given back and go with
 the next one; a node that dies loses at most one heartbeat interval of statistics, never a job.
+A heartbeat whose connection broke mid-statement may have been written all the same, and its
+rows then count twice: statistics err towards counting a batch twice, never towards losing it.
 """
 
 from __future__ import annotations

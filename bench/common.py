@@ -9,7 +9,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -25,6 +25,10 @@ from asyncjobs import App, JobDef, Settings
 from asyncjobs.app import make_store
 
 from . import fault_jobs
+
+# One open loop and one percentile for every benchmark, the peers' sides included (that module
+# needs only the standard library, so a peer's venv can import it too).
+from .peers.side_common import open_loop, percentile  # noqa: F401 (re-exported)
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/asyncjobs_bench"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -274,35 +278,6 @@ async def alternate(
             baseline.append(await bare())
         ctx.note(f"repeat {i + 1}: {describe(measured[-1], baseline[-1])}")
     return measured, baseline
-
-
-async def open_loop(
-    send: Callable[[int], Coroutine[Any, Any, None]], n: int, rate_per_s: float
-) -> float:
-    """Start ``send(i)`` at t0 + i/rate, each in its own task, whether or not earlier sends
-    have returned; wait for all of them and return the worst schedule lag in seconds."""
-    loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task[None]] = []
-    worst_lag = 0.0
-    t0 = loop.time() + 0.01
-    for i in range(n):
-        due = t0 + i / rate_per_s
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        worst_lag = max(worst_lag, loop.time() - due)
-        tasks.append(asyncio.create_task(send(i)))
-    await asyncio.gather(*tasks)  # raises if any send failed
-    return worst_lag
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), linearly interpolated between the closest ranks."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 async def wait_until(

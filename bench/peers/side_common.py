@@ -6,8 +6,9 @@ line of output; anything else it says goes to stderr. ``run_side`` does that plu
 
 Inside jobs, ``record`` appends a line to a per-process file in ``$BENCH_PEERS_OUT_DIR``: how a
 job hands a measurement (its latency, or "I started") back to the side without a database,
-with the same cost in every system. A few helpers repeat ones in ``bench/common.py``
-(``percentile``, ``open_loop``): that module imports asyncjobs, which a peer's venv lacks.
+with the same cost in every system. ``percentile`` and ``open_loop`` live here, not in
+``bench/common.py`` (which imports asyncjobs, which a peer's venv lacks), and that module
+re-exports them for the rest of the suite.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ class Worker:
 
 
 def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), linearly interpolated (as ``bench.common.percentile``)."""
+    """The q-th percentile (0..100), linearly interpolated between the closest ranks."""
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q / 100
     lo = int(pos)
@@ -250,7 +251,7 @@ async def open_loop(
             await asyncio.sleep(delay)
         worst = max(worst, loop.time() - due)
         tasks.append(asyncio.create_task(send(i)))
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*tasks)  # raises if any send failed
     return worst
 
 

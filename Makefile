@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install asyncjobs with its dev extras
+install: $(STAMP) ## Create .venv, install asyncjobs with its dev extras and Debian's chromium
+	@$(SHELL) .ci/install-chromium  # for the dashboard's browser test; says what to run if it cannot
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "asyncjobs needs Python 3.11 or newer (PYTHON=$(PYTHON))"; exit 1; }

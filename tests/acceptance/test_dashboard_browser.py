@@ -38,9 +38,9 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]  # fmt: skip
 INSTALL_CHROMIUM = (
-    "the browser test needs Debian's chromium: run `apt-get install -y --no-install-recommends "
-    "chromium` (as root, or with sudo; .ci/run does it), or point ASYNCJOBS_TEST_CHROMIUM at a "
-    "Chromium binary"
+    "The browser test needs Debian's chromium, and {path} is missing: run `make install` as "
+    "root, or `sudo apt-get install -y --no-install-recommends chromium`, or set "
+    "ASYNCJOBS_TEST_CHROMIUM to a Chromium binary."
 )
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
 UPDATE_SCREENSHOT = "ASYNCJOBS_TEST_UPDATE_SCREENSHOT"
@@ -137,8 +137,10 @@ def chromium_binary() -> str:
     """Debian's chromium (or ASYNCJOBS_TEST_CHROMIUM); the test fails, saying how to install
     it, if it is missing."""
     found = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which(CHROMIUM)
+    if not found and "ASYNCJOBS_TEST_CHROMIUM" not in os.environ:
+        found = shutil.which("chromium")  # where .ci/install-chromium (make install) looks
     if not found:
-        pytest.fail(INSTALL_CHROMIUM, pytrace=False)
+        pytest.fail(INSTALL_CHROMIUM.format(path=CHROMIUM), pytrace=False)
     return found
 
 

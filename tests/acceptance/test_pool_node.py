@@ -20,6 +20,7 @@ import pytest
 from asyncjobs import App, JobFailedError, JobState, Settings
 from plugins_example import cpu, misbehaving
 from tests.helpers import wait_until
+from tests.procfs import alive, children, cmdline, proc_stat
 
 from .nodes import NodeRunner, subprocess_env
 
@@ -42,34 +43,12 @@ async def producer_app(settings: Settings) -> AsyncIterator[App]:
         await app.stop()
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1])
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
 def pool_processes(node_pid: int) -> tuple[int, list[int]] | None:
     """The node's zygote and its workers, once they exist."""
     for child in children(node_pid):
-        if b"asyncjobs.pool.zygote" in Path(f"/proc/{child}/cmdline").read_bytes():
+        if b"asyncjobs.pool.zygote" in cmdline(child):
             return child, children(child)
     return None
-
-
-def is_alive(pid: int) -> bool:
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
 
 
 async def test_kill_9_of_a_node_with_busy_workers_leaves_no_zygote_or_worker_within_1_s(
@@ -92,15 +71,15 @@ async def test_kill_9_of_a_node_with_busy_workers_leaves_no_zygote_or_worker_wit
         os.kill(node.pid, signal.SIGKILL)  # the node only: its zygote is in its process group
         killed = time.monotonic()
         await node.wait_exit(5)
-        while any(is_alive(pid) for pid in pids):
+        while any(alive(pid) for pid in pids):
             orphans = [pid for pid in pids if (s := proc_stat(pid)) and s[0] != "Z" and s[1] == 1]
             assert time.monotonic() - killed < 1.0, (
                 f"still alive 1 s after the node's kill -9: "
-                f"{[(pid, proc_stat(pid)) for pid in pids if is_alive(pid)]}, "
+                f"{[(pid, proc_stat(pid)) for pid in pids if alive(pid)]}, "
                 f"re-parented to PID 1: {orphans}"
             )
             await wait_until(lambda: True, interval=0.005)
-        assert not any(is_alive(pid) for pid in pids)
+        assert not any(alive(pid) for pid in pids)
 
 
 async def all_running(app: App, ids: list[object]) -> bool:
@@ -152,7 +131,7 @@ def nobody_processes() -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid == 65534 and is_alive(int(entry.name)):
+                if entry.stat().st_uid == 65534 and alive(int(entry.name)):
                     out.append(int(entry.name))
             except FileNotFoundError:
                 continue

@@ -22,6 +22,7 @@ from asyncjobs.errors import PoolError
 from asyncjobs.pool.memory import memory_use
 from tests import pool_jobs
 from tests.helpers import wait_until
+from tests.procfs import alive
 
 
 @asynccontextmanager
@@ -34,14 +35,6 @@ async def running(settings: Settings, *, store: Any = None, **options: Any) -> A
 def pool_of(app: App) -> Any:
     assert app.node is not None and app.node.pool is not None
     return app.node.pool
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def failure(app: App, job_id: Any) -> JobFailedError:

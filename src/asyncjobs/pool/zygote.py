@@ -15,6 +15,9 @@ SCM_RIGHTS):
 A worker's exit also ends its process group: the zygote kills the group before reaping the
 worker, so whatever a job forked dies with it (the unreaped worker keeps its pid, and so its
 group id, from being reused).
+
+A zygote whose node has gone (its end of the control socket closed, mid-spawn or not) kills
+its workers and exits 0 without a word: nobody is left to read it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,26 @@ from .worker import run_worker
 CONTROL_MAX_BYTES = 1024 * 1024
 
 JobTable = dict[str, tuple[Callable[..., Any], bool]]
+
+
+def send(control: socket.socket, header: dict[str, Any], fds: list[int] | None = None) -> bool:
+    """Send one message to the node; False if the node cannot be reached any more.
+
+    A closed end (the node stopped, or died) is the normal way for a node to go and is not
+    reported; any other error on the socket gets one line on stderr.
+    """
+    frame = encode_frame(header)
+    try:
+        if fds:
+            socket.send_fds(control, [frame], fds)
+        else:
+            control.send(frame)
+    except ConnectionError:  # EPIPE, ECONNRESET: the node's end is closed
+        return False
+    except OSError as exc:
+        sys.stderr.write(f"asyncjobs zygote {os.getpid()}: cannot reach its node ({exc})\n")
+        return False
+    return True
 
 
 def resolve(target: str) -> Any:
@@ -107,7 +130,8 @@ class Zygote:
         except OSError as exc:
             parent_end.close()
             child_end.close()
-            self.control.send(encode_frame({"op": "spawn_failed", "ref": ref, "error": str(exc)}))
+            if not send(self.control, {"op": "spawn_failed", "ref": ref, "error": str(exc)}):
+                self.shutdown()
             return
         if pid == 0:
             self._become_worker(child_end)
@@ -115,11 +139,15 @@ class Zygote:
         self.workers.add(pid)
         pidfd = os.pidfd_open(pid)
         try:
-            frame = encode_frame({"op": "spawned", "ref": ref, "pid": pid})
-            socket.send_fds(self.control, [frame], [parent_end.fileno(), pidfd])
+            sent = send(
+                self.control, {"op": "spawned", "ref": ref, "pid": pid},
+                [parent_end.fileno(), pidfd],
+            )  # fmt: skip
         finally:
             parent_end.close()
             os.close(pidfd)
+        if not sent:
+            self.shutdown()  # the new worker included
 
     def _become_worker(self, sock: socket.socket) -> None:
         try:
@@ -147,15 +175,15 @@ class Zygote:
             if pid in self.workers:
                 self.workers.discard(pid)
                 code = os.waitstatus_to_exitcode(status)
-                try:
-                    self.control.send(encode_frame({"op": "exited", "pid": pid, "code": code}))
-                except OSError:
+                if not send(self.control, {"op": "exited", "pid": pid, "code": code}):
                     self.shutdown()
 
     def shutdown(self) -> None:
         for pid in self.workers:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+            # A worker forked a moment ago may not lead its own group yet: kill it by pid too.
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(OSError):
+                    kill(pid, signal.SIGKILL)
         os._exit(0)
 
 
@@ -176,13 +204,14 @@ def main(argv: list[str]) -> None:
             resolve(target)()
     except BaseException as exc:
         error = "".join(traceback.format_exception(exc))[-16_000:]
-        control.send(encode_frame({"op": "failed", "error": error, "message": str(exc)[:2000]}))
+        send(control, {"op": "failed", "error": error, "message": str(exc)[:2000]})
         os._exit(1)
     # Everything loaded so far is permanent: the collector will never touch (and so never
     # dirty) those objects' pages, which is what keeps them shared with every worker.
     gc.collect()
     gc.freeze()
-    control.send(encode_frame({"op": "ready", "pid": os.getpid()}))
+    if not send(control, {"op": "ready", "pid": os.getpid()}):
+        os._exit(0)  # the node gave up waiting, or went away
     zygote.serve()
 
 

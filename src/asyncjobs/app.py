@@ -24,6 +24,7 @@ from .enqueue import EnqueueBatcher, with_retries
 from .errors import (
     ClosedError,
     ConfigurationError,
+    InvalidArgumentError,
     InvalidJobOptionError,
     JobCancelledError,
     JobNotFoundError,
@@ -52,6 +53,7 @@ from .prepare import prepare, prepare_bulk
 from .results import ResultWaiters, result_of
 from .schedules import DEFAULT_MAX_CATCHUP, DEFAULT_MISFIRE_GRACE_S, ScheduleDef, make_schedule
 from .settings import MEMORY_DSN, Settings
+from .storable import text_problem
 from .store.base import Store, StoreEvent
 from .workflows import (
     MAX_FAILURES_SHOWN,
@@ -72,6 +74,7 @@ H = TypeVar("H", bound=Callable[..., Awaitable[None]])
 
 RESULT_RECHECK_S = 2.0  # result() re-reads the job this often, in case a NOTIFY was missed
 BULK_THRESHOLD = 200  # from this many jobs (without unique keys) enqueue_many uses COPY
+MAX_REASON_CHARS = 1000  # a cancel reason
 
 
 class App:
@@ -567,6 +570,7 @@ class App:
         """Cancel every step not finished: waiting and queued ones at once, running ones as
         ``cancel`` does. Returns the status after the request."""
         store = self._check_started()
+        check_reason("cancel_workflow", reason)
         wid = coerce_job_id(workflow_id)
         if await store.workflow_info(wid) is None:
             raise WorkflowNotFoundError(wid)
@@ -638,6 +642,7 @@ class App:
         ``cancelled``. A finished job is left alone and its final state is returned.
         """
         store = self._check_started()
+        check_reason("cancel", reason)
         job_id = coerce_job_id(job_id)
         state = await store.cancel(job_id, reason, self.clock.time())
         if state is None:
@@ -701,6 +706,16 @@ class App:
             self._waiters.wake_all()
         if self._node is not None:
             self._node.on_event(event)
+
+
+def check_reason(call: str, reason: Any) -> None:
+    """Raise ``InvalidArgumentError`` for a cancel reason that cannot be stored."""
+    if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON_CHARS:
+        raise InvalidArgumentError(
+            call, "reason", reason, f"use a string of 1 to {MAX_REASON_CHARS:,} characters"
+        )
+    if why := text_problem(reason):
+        raise InvalidArgumentError(call, "reason", reason, why)
 
 
 def import_plugins(modules: Sequence[str]) -> None:

@@ -11,6 +11,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
+from .storable import storable_text
+
 MAX_MESSAGE_CHARS = 4_000  # keep stored errors small; the end of a traceback matters most
 MAX_TRACEBACK_CHARS = 32_000
 
@@ -92,19 +94,34 @@ class PayloadError(AsyncJobsError):
 class PayloadEncodeError(PayloadError, TypeError):
     """A value cannot be encoded as JSON.
 
-    ``path`` is where the value sits, for example ``kwargs['vm']['disks'][0]``.
+    ``path`` is where the value sits, for example ``kwargs['vm']['disks'][0]``. ``why`` says
+    what is wrong with a value of a JSON type that still cannot be stored (a NUL character, a
+    lone surrogate, a float that would come back as an int).
     """
 
-    def __init__(self, job: str, what: str, path: str, type_name: str, hint: str = "") -> None:
+    def __init__(
+        self,
+        job: str,
+        what: str,
+        path: str,
+        type_name: str,
+        hint: str = "",
+        *,
+        why: str | None = None,
+    ) -> None:
         self.job = job
         self.what = what
         self.path = path
         self.type_name = type_name
-        super().__init__(
-            f"cannot encode {what} {path} of job {job!r}: a value of type {type_name} is not "
-            "JSON. Pass only str, int, float, bool, None, list and dict with str keys"
-            f"{hint}."
-        )
+        self.why = why
+        if why is None:
+            why = (
+                f"a value of type {type_name} is not JSON. Pass only str, int, float, bool, "
+                f"None, list and dict with str keys{hint}"
+            )
+        shown = path if len(path) <= 200 else f"{path[:120]}...{path[-60:]}"
+        where = shown if shown.startswith(what) else f"{what} {shown}"  # not "result result"
+        super().__init__(f"cannot encode {where} of job {job!r}: {why}.")
 
 
 class PayloadTooLargeError(PayloadError, ValueError):
@@ -143,6 +160,16 @@ class InvalidJobOptionError(AsyncJobsError, ValueError):
         self.option = option
         self.value = value
         super().__init__(f"cannot enqueue job {job!r} with {option}={value!r}: {why}")
+
+
+class InvalidArgumentError(AsyncJobsError, ValueError):
+    """An argument of an API call cannot work (a reason that Postgres cannot store...)."""
+
+    def __init__(self, call: str, argument: str, value: Any, why: str) -> None:
+        self.call = call
+        self.argument = argument
+        self.value = value
+        super().__init__(f"{call}() cannot take {argument}={value!r}: {why}")
 
 
 # -- workflows and dependencies ---------------------------------------------------------------
@@ -203,6 +230,22 @@ class StoreUnavailableError(StoreError, ConnectionError):
         super().__init__(
             f"cannot reach Postgres at {target}: {why}. Check that the server is running and "
             "that the DSN (--dsn or ASYNCJOBS_DSN) names the right host, port and database."
+        )
+
+
+class ValueRejectedError(StoreError, ValueError):
+    """Postgres refused a statement for a value it carried, not for an outage.
+
+    ``sqlstate`` is Postgres's code (class 22, a data exception, or 54, a program limit).
+    Nothing of the statement was written; sending it again fails again.
+    """
+
+    def __init__(self, detail: str, sqlstate: str | None = None) -> None:
+        self.detail = detail
+        self.sqlstate = sqlstate
+        super().__init__(
+            f"Postgres refused a value in a statement ({detail}); nothing of that statement "
+            "was written"
         )
 
 
@@ -368,10 +411,19 @@ def qualified_name(kind: type) -> str:
 
 def describe_error(exc: BaseException) -> dict[str, str]:
     """A job's error as stored: its type, message and traceback, each cut to its limit."""
+    return error_fields(
+        qualified_name(type(exc)), str(exc), "".join(traceback.format_exception(exc))
+    )
+
+
+def error_fields(type_name: str, message: str, tb: str) -> dict[str, str]:
+    """An error as stored, from its parts: each cut to its limit and made storable (a NUL
+    character replaced, with a note saying so), so that no error text can stop its outcome,
+    or the outcomes written with it, from being stored."""
     return {
-        "type": qualified_name(type(exc)),
-        "message": str(exc)[:MAX_MESSAGE_CHARS],
-        "traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK_CHARS:],
+        "type": storable_text(type_name[:MAX_MESSAGE_CHARS]),
+        "message": storable_text(message[:MAX_MESSAGE_CHARS]),
+        "traceback": storable_text(tb[-MAX_TRACEBACK_CHARS:]),
     }
 
 

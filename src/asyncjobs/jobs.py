@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from .errors import ConfigurationError, IsolationError, JobDefinitionError
 from .limits import JobLimits, declare_limits
+from .storable import text_problem
 
 if TYPE_CHECKING:
     from .app import App
@@ -283,6 +284,8 @@ def validate_job_options(
         )
     if not isinstance(name, str) or not 1 <= len(name) <= 200:
         raise JobDefinitionError(str(name), "a job name is a string of 1 to 200 characters")
+    if why := text_problem(name):
+        raise JobDefinitionError(name, f"its name cannot be stored: {why}")
     try:
         check_queue_name(queue)
         for opt, value in (("timeout", timeout), ("soft_timeout", soft_timeout)):

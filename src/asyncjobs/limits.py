@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .errors import InvalidJobOptionError, JobDefinitionError
+from .storable import text_problem
 
 MAX_KEY_CHARS = 512
 MAX_LIMIT = 1_000_000
@@ -61,6 +62,8 @@ class KeyTemplate:
             raise JobDefinitionError(
                 job, f"{option}={template!r} is not a string of 1 to {MAX_KEY_CHARS} characters"
             )
+        if why := text_problem(template):
+            raise JobDefinitionError(job, f"{option}={template!r} cannot be stored: {why}")
         self.template = template
         self.option = option
         try:

@@ -16,8 +16,9 @@ from .clock import to_timestamp
 from .errors import ConfigurationError, InvalidJobOptionError
 from .jobs import PRIORITY_MAX, PRIORITY_MIN, JobDef, JobId, Signature
 from .limits import MAX_KEY_CHARS, JobLimits, limit_problem
-from .serialization import STRICT_JSON, encode_args
+from .serialization import NUL_ESCAPE, STRICT_JSON, encode_args
 from .settings import check_queue_name
+from .storable import text_problem
 from .store.base import NewJob
 
 MAX_UNIQUE_KEY_CHARS = 512
@@ -59,6 +60,8 @@ def prepare(
             name, "unique_key", key,
             f"use a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} characters",
         )  # fmt: skip
+    if key is not None and (why := text_problem(key)):
+        raise InvalidJobOptionError(name, "unique_key", key, why)
     state = "scheduled" if run_at > now else "queued"
     return NewJob(
         job_id, name, queue, priority, state, payload, run_at, definition.max_attempts, key,
@@ -79,6 +82,8 @@ def _limits(sig: Signature, definition: JobDef[Any, Any], kwargs: Any) -> tuple[
         raise InvalidJobOptionError(
             name, "concurrency_key", key, f"use a string of 1 to {MAX_KEY_CHARS} characters"
         )
+    if key is not None and (why := text_problem(key)):
+        raise InvalidJobOptionError(name, "concurrency_key", key, why)
     if limit is not None and (why := limit_problem(limit)):
         raise InvalidJobOptionError(name, "concurrency_limit", limit, why)
     limits = definition.limits or JobLimits(None, None, None, None)
@@ -95,9 +100,9 @@ def prepare_bulk(
     """``prepare`` for large batches, lazily, with the common case inlined.
 
     A signature without per-call options whose arguments encode cleanly is built here
-    directly; anything else (options, a bad value, a null that may hide a NaN, an oversized
-    payload) goes through ``prepare`` and its full checks. At 20,000 jobs the function-call
-    layers alone cost as much as the COPY.
+    directly; anything else (options, a bad value, bytes that may hide a NaN, a NUL or a
+    large float, an oversized payload) goes through ``prepare`` and its full checks. At
+    20,000 jobs the function-call layers alone cost as much as the COPY.
     """
     definitions: dict[str, JobDef[Any, Any]] = {}
     make = tuple.__new__
@@ -118,7 +123,14 @@ def prepare_bulk(
                 payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
             except TypeError:
                 payload = b""
-            if payload and len(payload) <= limit and b"null" not in payload:
+            # serialization.might_not_store, inlined
+            if (
+                payload
+                and len(payload) <= limit
+                and b"null" not in payload
+                and NUL_ESCAPE not in payload
+                and b"e+" not in payload
+            ):
                 yield make(
                     NewJob,
                     (job_id, definition.name, definition.queue, definition.priority, "queued",

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from .errors import ScheduleDefinitionError
+from .storable import text_problem
 from .store.base import NewJob
 
 MISSED_POLICIES = ("skip", "latest", "all")
@@ -249,6 +250,8 @@ def make_schedule(
         raise ScheduleDefinitionError(
             str(name), "a schedule name is a string of 1 to 200 characters"
         )
+    if why := text_problem(name):
+        raise ScheduleDefinitionError(name, f"the name cannot be stored: {why}")
     if (cron is None) == (every is None):
         raise ScheduleDefinitionError(name, "give exactly one of cron=... or every=...")
     try:

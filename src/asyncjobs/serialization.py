@@ -4,6 +4,18 @@ Encoding is strict on purpose. orjson would happily turn a ``datetime`` or a dat
 string or a dict, and the job would then receive a different type from the one it was given;
 those types are passed through to the error path instead, so the caller learns at ``enqueue``
 time rather than inside a job hours later.
+
+A payload must also be one Postgres can store and give back unchanged, on every store (the
+MemoryStore refuses the same values, so a test on it cannot pass where Postgres fails):
+
+- no NUL character (U+0000) in a string or a key: Postgres's text and jsonb cannot hold it,
+  and a statement carrying one fails whole, with every other row in it;
+- no float from 1e16 up to 2**64 in size: jsonb keeps numbers as decimals and writes them back
+  without an exponent, so ``1.2e17`` would come back as an int, and beyond 2**53 not even the
+  same number.
+
+Error texts (messages, tracebacks) are not refused but made storable: see
+``storable.storable_text``.
 """
 
 from __future__ import annotations
@@ -15,14 +27,22 @@ from typing import Any
 import orjson
 
 from .errors import PayloadEncodeError, PayloadTooLargeError
+from .storable import NUL, is_utf8, surrogate_in
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MiB, per payload (arguments, or a result)
 COMPACT_BELOW = 64 * 1024  # see compact(): larger buffers waste little, relatively
+MAX_DEPTH = 254  # orjson refuses to nest lists and dicts deeper than this
+# Floats of this size come back from jsonb as ints (see the module's docstring); orjson writes
+# them, and only them below 2**64, with a positive exponent.
+EXACT_FLOAT_LIMIT = 1e16
+UINT64_LIMIT = 2**64
 
 # Datetimes, dataclasses and subclasses of str/int/dict/list are refused rather than silently
 # converted. UUIDs and enums still encode (to their string/value form).
 STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 STRICT_JSON |= orjson.OPT_PASSTHROUGH_SUBCLASS
+
+NUL_ESCAPE = b"\\u0000"  # how orjson writes U+0000; found also inside an escaped backslash
 
 _HINTS = {
     "datetime": " (send dt.isoformat() and parse it in the job)",
@@ -33,18 +53,27 @@ _HINTS = {
     "set": " (send a sorted list)",
     "frozenset": " (send a sorted list)",
 }
+_NUL_WHY = (
+    "it holds a NUL character (U+0000), which Postgres cannot store in text or jsonb. "
+    "Remove it, or send binary data as base64 text"
+)
+_SURROGATE_WHY = (
+    "it holds a lone surrogate ({char!r}), which is not valid UTF-8. Encode the text "
+    "properly, or send binary data as base64 text"
+)
 
 
 def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> bytes:
     """Encode a job's arguments as ``[args, kwargs]``, or raise with the offending path."""
+    roots = ((args, "args"), (kwargs, "kwargs"))
     try:
         data = orjson.dumps((args, kwargs), option=STRICT_JSON)
     except TypeError:
-        _raise_for_first_bad_value(job, "argument", ((args, "args"), (kwargs, "kwargs")))
+        _raise_for_first_bad_value(job, "argument", roots, depth=1)
         raise  # pragma: no cover - the walk above always finds the bad value
     if len(data) > limit:
         raise PayloadTooLargeError(job, "arguments", len(data), limit)
-    _check_floats(job, "argument", data, ((args, "args"), (kwargs, "kwargs")))
+    check_storable(job, "argument", data, roots)
     return data
 
 
@@ -64,11 +93,11 @@ def encode_result(job: str, value: Any, limit: int) -> bytes:
     try:
         data = orjson.dumps(value, option=STRICT_JSON)
     except TypeError:
-        _raise_for_first_bad_value(job, "result", ((value, "result"),))
+        _raise_for_first_bad_value(job, "result", ((value, "result"),), depth=0)
         raise  # pragma: no cover
     if len(data) > limit:
         raise PayloadTooLargeError(job, "result", len(data), limit)
-    _check_floats(job, "result", data, ((value, "result"),))
+    check_storable(job, "result", data, ((value, "result"),))
     return compact(data)  # held in the completer's buffer until written
 
 
@@ -78,66 +107,137 @@ def decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def _check_floats(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, str]]) -> None:
-    # orjson writes NaN and infinities as null, which would reach the job as None. The
-    # literal only appears in the output when some value was null or non-finite, so the
-    # walk runs only then.
-    if b"null" not in data:
-        return
-    for value, path in roots:
-        bad = _find_non_finite(value, path)
-        if bad is not None:
-            raise PayloadEncodeError(
-                job, what, bad, "float (NaN or infinity)", " (JSON has no NaN or infinity)"
-            )
+def might_not_store(data: bytes) -> bool:
+    """Whether encoded JSON may hold a value ``check_storable`` refuses (a cheap test on the
+    bytes: false means it certainly does not)."""
+    return b"null" in data or NUL_ESCAPE in data or b"e+" in data
 
 
-def _find_non_finite(value: Any, path: str) -> str | None:
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
+def check_storable(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, str]]) -> None:
+    """Raise ``PayloadEncodeError`` for a value orjson encoded but Postgres would refuse or
+    change; ``data`` is the encoding of ``roots``.
+
+    The walks run only when the bytes show a sign of such a value: orjson writes NaN and the
+    infinities as ``null``, U+0000 as its escape, and large floats with ``e+``.
+    """
+    if b"null" in data:
+        for value, path in roots:
+            found = _find(value, path, _non_finite)
+            if found is not None:
+                raise PayloadEncodeError(
+                    job, what, found[0], "float (NaN or infinity)",
+                    " (JSON has no NaN or infinity)",
+                )  # fmt: skip
+    if NUL_ESCAPE in data:
+        for value, path in roots:
+            bad = _find_nul(value, path)
+            if bad is not None:
+                raise PayloadEncodeError(job, what, bad, "str", why=_NUL_WHY)
+    if b"e+" in data:
+        for value, path in roots:
+            found = _find(value, path, _inexact_float)
+            if found is not None:
+                raise PayloadEncodeError(
+                    job, what, found[0], "float",
+                    why=(
+                        f"the float {found[1]!r} would come back from Postgres as an int "
+                        "(jsonb keeps numbers as decimals, and writes those from 1e16 up to "
+                        "2**64 without an exponent), and not always the same number. Send "
+                        "int(value) for a whole number, or the float as a string"
+                    ),
+                )  # fmt: skip
+
+
+def json_has_nul(data: bytes) -> bool:
+    """Whether encoded JSON holds a NUL character (in a string or a key)."""
+    return NUL_ESCAPE in data and _find_nul(orjson.loads(data), "") is not None
+
+
+def _non_finite(value: Any) -> bool:
+    return type(value) is float and not math.isfinite(value)
+
+
+def _inexact_float(value: Any) -> bool:
+    return type(value) is float and EXACT_FLOAT_LIMIT <= abs(value) < UINT64_LIMIT
+
+
+def _find(value: Any, path: str, bad: Any) -> tuple[str, Any] | None:
+    """The path of the first value (depth first) for which ``bad`` holds, and the value."""
     if isinstance(value, dict):
         for k, v in value.items():
-            found = _find_non_finite(v, f"{path}[{k!r}]")
+            found = _find(v, f"{path}[{k!r}]", bad)
             if found:
                 return found
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            found = _find_non_finite(v, f"{path}[{i}]")
+            found = _find(v, f"{path}[{i}]", bad)
+            if found:
+                return found
+    elif bad(value):
+        return path, value
+    return None
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if NUL in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and NUL in k:
+                return f"{path} key {k!r}"
+            found = _find_nul(v, f"{path}[{k!r}]")
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _find_nul(v, f"{path}[{i}]")
             if found:
                 return found
     return None
 
 
-def _raise_for_first_bad_value(job: str, what: str, roots: Sequence[tuple[Any, str]]) -> None:
+def _raise_for_first_bad_value(
+    job: str, what: str, roots: Sequence[tuple[Any, str]], depth: int
+) -> None:
     for value, path in roots:
-        found = _find_unencodable(value, path)
+        found = _find_unencodable(value, path, depth)
         if found is not None:
-            bad_path, type_name = found
-            raise PayloadEncodeError(job, what, bad_path, type_name, _HINTS.get(type_name, ""))
+            bad_path, type_name, why = found
+            raise PayloadEncodeError(
+                job, what, bad_path, type_name, _HINTS.get(type_name, ""), why=why
+            )
 
 
-def _find_unencodable(value: Any, path: str) -> tuple[str, str] | None:
-    """Return (path, type name) of the first value orjson refuses, depth first."""
+def _find_unencodable(value: Any, path: str, depth: int) -> tuple[str, str, str | None] | None:
+    """(path, type name, why or None) of the first value orjson refuses, depth first.
+    ``depth`` counts the lists and dicts around ``value``."""
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        why = f"it is nested more than {MAX_DEPTH} levels deep, or contains itself. Flatten it"
+        return path, type(value).__name__, why
     if isinstance(value, dict) and type(value) is dict:
         for k, v in value.items():
             if not isinstance(k, str):
-                return f"{path} key {k!r}", f"{type(k).__name__} (dict keys must be str)"
-            found = _find_unencodable(v, f"{path}[{k!r}]")
+                return f"{path} key {k!r}", f"{type(k).__name__} (dict keys must be str)", None
+            if not is_utf8(k):
+                return f"{path} key {k!r}", "str", _SURROGATE_WHY.format(char=surrogate_in(k))
+            found = _find_unencodable(v, f"{path}[{k!r}]", depth + 1)
             if found:
                 return found
         return None
     if isinstance(value, list | tuple) and type(value) in (list, tuple):
         for i, v in enumerate(value):
-            found = _find_unencodable(v, f"{path}[{i}]")
+            found = _find_unencodable(v, f"{path}[{i}]", depth + 1)
             if found:
                 return found
         return None
     if isinstance(value, int) and not isinstance(value, bool) and type(value) is int:
-        if not -(2**63) <= value < 2**64:
-            return path, "int (out of the 64-bit range JSON payloads support)"
+        if not -(2**63) <= value < UINT64_LIMIT:
+            return path, "int (out of the 64-bit range JSON payloads support)", None
         return None
+    if type(value) is str and not is_utf8(value):
+        return path, "str", _SURROGATE_WHY.format(char=surrogate_in(value))
     try:
         orjson.dumps(value, option=STRICT_JSON)
     except TypeError:
-        return path, type(value).__name__
+        return path, type(value).__name__, None
     return None

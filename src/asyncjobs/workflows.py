@@ -35,6 +35,7 @@ from .ids import new_id
 from .jobs import JobDef, JobId, Signature
 from .prepare import prepare
 from .serialization import compact
+from .storable import text_problem
 from .store.base import Edge, NewWorkflow, StepFailure, WorkflowInfo, WorkflowJob
 
 WorkflowId = uuid.UUID
@@ -167,6 +168,8 @@ class Workflow:
     def __init__(self, name: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or len(name) > MAX_KEY_CHARS):
             raise WorkflowError(None, f"name={name!r} is not a string of at most 200 characters")
+        if name is not None and (why := text_problem(name)):
+            raise WorkflowError(None, f"name={name!r} cannot be stored: {why}")
         self.id: WorkflowId = new_id()
         self.name = name
         self.steps: list[Step] = []
@@ -201,6 +204,8 @@ class Workflow:
                 raise WorkflowError(
                     str(key), f"a key is a string of 1 to {MAX_KEY_CHARS} characters"
                 )
+            if why := text_problem(key):
+                raise WorkflowError(key, f"the key cannot be stored: {why}")
             if key in self._keys:
                 raise WorkflowError(key, "another step already has this key")
         for parent in after:

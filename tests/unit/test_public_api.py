@@ -110,7 +110,17 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         ["'send'", "priority=99999", "out of range"],
         {"option": "priority", "value": 99999},
     ),
+    (
+        errors.InvalidArgumentError("cancel", "reason", "a\x00", "it holds a NUL character"),
+        ["cancel()", "reason='a\\x00'", "NUL character"],
+        {"call": "cancel", "argument": "reason"},
+    ),
     (errors.StoreError(), ["store"], {}),
+    (
+        errors.ValueRejectedError("UntranslatableCharacterError: \\u0000", "22P05"),
+        ["refused a value", "\\u0000", "nothing of that statement was written"],
+        {"sqlstate": "22P05"},
+    ),
     (
         errors.StoreUnavailableError("db.example:5432", "connection refused"),
         ["db.example:5432", "connection refused"],

@@ -14,26 +14,38 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncjobs import PayloadEncodeError, PayloadTooLargeError
-from asyncjobs.serialization import decode_args, encode_args, encode_result
+from asyncjobs.serialization import (
+    decode_args,
+    encode_args,
+    encode_result,
+    json_has_nul,
+)
+from asyncjobs.storable import storable_text
 
 LIMIT = 64 * 1024 * 1024
 JOB = "provision"
 
+# What Postgres stores and gives back unchanged: no NUL in text, no float that jsonb would
+# write back as an int (see asyncjobs.serialization).
+no_nul = st.characters(codec="utf-8", exclude_characters="\x00")
 json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not 1e16 <= abs(f) < 2**64)
+    | st.text(alphabet=no_nul, max_size=20)
 )
 json_values = st.recursive(
     json_scalars,
     lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.text(alphabet=no_nul, max_size=10), inner, max_size=5)
     ),
     max_leaves=30,
 )
-json_kwargs = st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=5)
+json_kwargs = st.dictionaries(
+    st.text(alphabet=no_nul, min_size=1, max_size=10), json_values, max_size=5
+)
 
 
 # -- round trips ---------------------------------------------------------------------------------
@@ -148,6 +160,78 @@ def test_none_and_the_string_null_are_not_mistaken_for_nan() -> None:
     assert decode_args(data) == ([None, "null"], {"x": [None, 1.5]})
 
 
+# -- values JSON carries but Postgres cannot store, or would change ---------------------------
+
+
+@pytest.mark.parametrize("root", ["args", "result"])
+@pytest.mark.parametrize(
+    ("value", "path", "words"),
+    [
+        pytest.param("a\x00b", "[1]", "NUL character (U+0000)", id="NUL in a string"),
+        pytest.param({"k\x00": 1}, "[1] key 'k\\x00'", "NUL character", id="NUL in a key"),
+        pytest.param("x\ud800", "[1]", "lone surrogate ('\\ud800')", id="lone surrogate"),
+        pytest.param({"\udfff": 1}, "[1] key '\\udfff'", "lone surrogate", id="surrogate key"),
+        pytest.param(1.5e17, "[1]", "the float 1.5e+17 would come back", id="float as int"),
+        pytest.param(-(2.0**60 + 256), "[1]", "not always the same number", id="float inexact"),
+    ],
+)
+def test_a_value_postgres_cannot_keep_is_refused_with_its_path_and_why(
+    root: str, value: Any, path: str, words: str
+) -> None:
+    def encode() -> None:
+        if root == "args":
+            encode_args(JOB, ("ok", value), {}, LIMIT)
+        else:
+            encode_result(JOB, ["ok", value], LIMIT)
+
+    with pytest.raises(PayloadEncodeError) as info:
+        encode()
+    assert info.value.path == root + path
+    assert f"{root}{path} of job {JOB!r}" in str(info.value)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("value", [1e16 - 2, 2.0**64, 1e300, -1e20, 123.5, 1e-300])
+def test_floats_outside_the_int_range_of_jsonb_are_kept(value: float) -> None:
+    assert orjson.loads(encode_result(JOB, value, LIMIT)) == value
+
+
+def test_an_escaped_backslash_before_u0000_is_not_taken_for_a_nul() -> None:
+    text = "\\u0000 is how JSON writes a NUL"
+    assert decode_args(encode_args(JOB, (text,), {}, LIMIT)) == ([text], {})
+
+
+def test_nesting_beyond_orjsons_limit_is_refused_with_a_sentence_not_a_bare_type_error() -> None:
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(PayloadEncodeError) as info:
+        encode_result(JOB, deep, LIMIT)
+    assert "nested more than 254 levels deep" in str(info.value)
+    assert len(str(info.value)) < 500  # the path is shortened in the sentence
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(PayloadEncodeError, match="contains itself"):
+        encode_args(JOB, (looped,), {}, LIMIT)
+
+
+def test_storable_text_replaces_nul_and_says_so_and_escapes_surrogates() -> None:
+    assert storable_text("plain") == "plain"
+    text = storable_text("bad\x00value")
+    assert "\x00" not in text
+    assert text.startswith("bad\ufffdvalue")
+    assert "replaced NUL characters" in text
+    assert storable_text("x\ud800y") == "x\\ud800y"
+    storable_text("x\ud800\x00").encode()  # both at once: valid UTF-8 without NUL
+
+
+def test_json_has_nul_looks_past_escaped_backslashes() -> None:
+    assert json_has_nul(orjson.dumps({"a": ["\x00"]}))
+    assert json_has_nul(orjson.dumps({"\x00": 1}))
+    assert not json_has_nul(orjson.dumps(["\\u0000"]))
+    assert not json_has_nul(b"[1]")
+
+
 # -- planting a bad value anywhere ---------------------------------------------------------------
 
 
@@ -166,7 +250,19 @@ def _containers(value: Any, path: str) -> list[tuple[Any, str]]:
 
 
 planted_values = st.sampled_from(
-    [{1}, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), b"x", object(), 2**70, math.nan, -math.inf]
+    [
+        {1},
+        dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        b"x",
+        object(),
+        2**70,
+        math.nan,
+        -math.inf,
+        "a\x00b",
+        "\ud800",
+        1.5e17,
+        2.0**60 + 256,
+    ]
 )
 
 
@@ -187,7 +283,7 @@ def test_the_reported_path_is_exactly_where_the_bad_value_was_planted(
         container.insert(index, bad)
         expected = f"{path}[{index}]"
     else:
-        key = data.draw(st.text(max_size=8), label="key")
+        key = data.draw(st.text(no_nul, max_size=8), label="key")
         container[key] = bad
         expected = f"{path}[{key!r}]"
     with pytest.raises(PayloadEncodeError) as info:
@@ -208,7 +304,7 @@ def test_the_reported_result_path_is_exactly_where_the_bad_value_was_planted(
         container.insert(index, bad)
         expected = f"{path}[{index}]"
     else:
-        key = data.draw(st.text(max_size=8), label="key")
+        key = data.draw(st.text(no_nul, max_size=8), label="key")
         container[key] = bad
         expected = f"{path}[{key!r}]"
     with pytest.raises(PayloadEncodeError) as info:

@@ -10,6 +10,7 @@ from starlette.datastructures import QueryParams
 
 from ..jobs import JobId, JobState, coerce_job_id
 from ..monitoring import created_since
+from ..storable import text_problem
 from ..store.base import JobQuery
 
 PAGE_SIZE = 50  # jobs or workflows per page, unless ?limit= says otherwise
@@ -45,6 +46,8 @@ def _text(params: QueryParams, key: str) -> str | None:
     value = params.get(key, "").strip()
     if len(value) > MAX_TEXT:
         raise BadRequest(f"the {key} filter is over {MAX_TEXT} characters long")
+    if why := text_problem(value):
+        raise BadRequest(f"the {key} filter {value!r} cannot match a stored name: {why}")
     return value or None
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import StoreError
+from ..errors import StoreError, ValueRejectedError
 from ..store.base import HeartbeatResult
 from .store_errors import log_store_error
 
@@ -58,9 +58,38 @@ async def run_heartbeat(node: Node) -> None:
 async def beat(node: Node) -> HeartbeatResult:
     """One heartbeat, carrying the statistics since the last one (given back if it fails)."""
     workers = len(node.pool.workers) if node.pool is not None else 0
+    running = len(node.running)
     rows = node.stats.take()
     try:
-        return await node.store.heartbeat(node.id, len(node.running), workers, rows)
+        return await node.store.heartbeat(node.id, running, workers, rows)
+    except ValueRejectedError as exc:
+        if not rows:
+            raise
+        refused = exc
     except BaseException:
         node.stats.give_back(rows)
         raise
+    # Postgres refused a value in a statistics row. Liveness must not wait for statistics:
+    # the beat goes alone, then the rows in halves, until the refused ones are found and
+    # dropped (each row is added once, so halves sum as the whole would).
+    log.error("node %s: Postgres refused its statistics (%s)", node.id, refused.detail)
+    pending = [rows]
+    try:
+        result = await node.store.heartbeat(node.id, running, workers)
+        while pending:
+            part = pending[-1]
+            try:
+                await node.store.heartbeat(node.id, running, workers, part)
+            except ValueRejectedError:
+                pending.pop()
+                if len(part) == 1:
+                    log.error("dropped the statistics row %s, which Postgres refused", part[0])
+                else:
+                    middle = len(part) // 2
+                    pending += [part[middle:], part[:middle]]
+                continue
+            pending.pop()
+    except BaseException:
+        node.stats.give_back([r for part in pending for r in part])
+        raise
+    return result

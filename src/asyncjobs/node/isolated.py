@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import (
-    MAX_MESSAGE_CHARS,
-    MAX_TRACEBACK_CHARS,
+    PayloadError,
     PoolError,
     WorkerCrashedError,
+    error_fields,
     qualified_name,
 )
 from ..pool.handle import WorkerDied
+from ..serialization import check_storable
 from ..store.base import Outcome
 from .execution import (
     RunningJob,
@@ -96,9 +97,13 @@ def reply_outcome(
     """The outcome a worker's reply describes; None if the reply cannot be trusted."""
     if reply["op"] == "ok":
         try:
-            orjson.loads(body)  # stored as jsonb: a worker's bytes are checked, never trusted
+            value = orjson.loads(body)  # stored as jsonb: a worker's bytes are checked
         except orjson.JSONDecodeError:
             return None
+        try:  # the worker checked it too, but a job's process is never trusted with that
+            check_storable(job.name, "result", body, ((value, "result"),))
+        except PayloadError as exc:
+            return failed_outcome(node, job, exc)
         now = node.clock.time()
         result = None if body == b"null" else body
         return Outcome(job.id, job.attempt, "succeeded", result, None, now, None, None)
@@ -108,11 +113,7 @@ def reply_outcome(
     if job.stop_reason is not None and type_name in INTERRUPTED:
         return stopped_outcome(node, job)
     error = orjson.dumps(
-        {
-            "type": type_name,
-            "message": str(reply.get("message", ""))[:MAX_MESSAGE_CHARS],
-            "traceback": str(reply.get("traceback", ""))[-MAX_TRACEBACK_CHARS:],
-        }
+        error_fields(type_name, str(reply.get("message", "")), str(reply.get("traceback", "")))
     )
     mro = reply.get("mro")
     names = set(mro) if isinstance(mro, list) else {type_name}

@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from ..errors import SchemaNotReadyError, StoreError, StoreUnavailableError
+from ..errors import SchemaNotReadyError, StoreError, StoreUnavailableError, ValueRejectedError
 
 Conn = asyncpg.Connection | PoolConnectionProxy
 
@@ -31,6 +31,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
 )
 
+# SQLSTATE classes of a statement refused for a value it carries: data exception (a NUL in
+# text, a bad number; asyncpg's own encoding errors come as 22000 too) and program limit
+# exceeded (a value too large for an index). Sending the same values again fails again.
+REFUSED_VALUE_CLASSES = frozenset({"22", "54"})
 
 # Payloads arrive already encoded (serialization.py measured and checked them); the binary
 # jsonb format is a version byte followed by the JSON text. Built from C callables, not
@@ -130,5 +134,8 @@ def translate_error(
         # already handles; the remedy is a retry on a fresh connection.
         return StoreUnavailableError(target, f"the connection broke mid-statement ({exc})")
     if isinstance(exc, asyncpg.PostgresError):
+        code = getattr(exc, "sqlstate", None) or ""
+        if code[:2] in REFUSED_VALUE_CLASSES:
+            return ValueRejectedError(f"{type(exc).__name__}: {exc}", code)
         return StoreError(f"Postgres rejected a statement: {type(exc).__name__}: {exc}")
     return exc

@@ -59,6 +59,7 @@ from .base import (
     stats_bucket,
     upstream_reason,
 )
+from .refusals import check_jobs, check_outcomes, check_stats, check_text
 
 _ACTIVE = frozenset(ACTIVE_STATES)
 
@@ -320,6 +321,7 @@ class MemoryStore:
 
     async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobId]:
         await anyio.lowlevel.checkpoint()
+        check_jobs(jobs)
         now = time.time()
         out: list[JobId] = []
         woken: set[str] = set()
@@ -367,6 +369,7 @@ class MemoryStore:
 
     async def cancel(self, job_id: JobId, reason: str, now: float) -> JobState | None:
         await anyio.lowlevel.checkpoint()
+        check_text((reason,))
         job = self.jobs.get(job_id)
         if job is None:
             return None
@@ -383,6 +386,7 @@ class MemoryStore:
 
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
         await anyio.lowlevel.checkpoint()
+        check_text((query.queue, query.name))
         found = [
             j
             for j in sorted(self.jobs.values(), key=lambda j: j.id, reverse=True)
@@ -415,6 +419,7 @@ class MemoryStore:
 
     async def find_jobs(self, name: str, limit: int) -> list[JobRecord]:
         await anyio.lowlevel.checkpoint()
+        check_text((name,))
         found = sorted((j for j in self.jobs.values() if j.name == name), key=lambda j: j.id)
         return [_record(j) for j in found[:limit]]
 
@@ -432,12 +437,14 @@ class MemoryStore:
 
     async def register_node(self, node: NodeInfo) -> None:
         await anyio.lowlevel.checkpoint()
+        check_text((node.host, node.version, *node.queues))
         self.nodes[node.id] = _Node(node, time.time())
 
     async def heartbeat(
         self, node_id: JobId, running: int, workers: int = 0, stats: Sequence[StatsRow] = ()
     ) -> HeartbeatResult:
         await anyio.lowlevel.checkpoint()
+        check_stats(stats)
         for r in stats:  # the node's statistics, written even if it was reaped
             add_stats(self._stats.setdefault((r.bucket, node_id, r.name, r.outcome), [0] * 7), r)
         node = self.nodes.get(node_id)
@@ -647,6 +654,7 @@ class MemoryStore:
 
     async def complete(self, node_id: JobId, outcomes: Sequence[Outcome]) -> list[JobId]:
         await anyio.lowlevel.checkpoint()
+        check_outcomes(outcomes)  # before anything changes: Postgres fails the whole statement
         rejected: list[JobId] = []
         woken: set[str] = set()
         freed: list[str] = []
@@ -859,6 +867,8 @@ class MemoryStore:
 
     async def submit_workflow(self, workflow: NewWorkflow) -> None:
         await anyio.lowlevel.checkpoint()
+        check_text((workflow.name, *(w.step for w in workflow.jobs)))
+        check_jobs([w.job for w in workflow.jobs])
         if workflow.id in self.workflows:
             return  # a retried submission
         now = time.time()
@@ -908,6 +918,8 @@ class MemoryStore:
         step: str | None = None,
     ) -> JobId:
         await anyio.lowlevel.checkpoint()
+        check_jobs([job])
+        check_text((step,))
         if job.id in self.jobs:
             return job.id  # a retried insert
         deps = list(dict.fromkeys(after))
@@ -974,6 +986,7 @@ class MemoryStore:
 
     async def cancel_workflow(self, workflow_id: JobId, reason: str, now: float) -> tuple[int, int]:
         await anyio.lowlevel.checkpoint()
+        check_text((reason,))
         ended: list[_Job] = []
         stopping = 0
         for job in self._workflow_jobs(workflow_id):

@@ -7,6 +7,7 @@ statement error ``StoreError``; the store raises them ``from`` the cause.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import operator
 import socket
@@ -86,7 +87,7 @@ class Lane:
         try:
             con = self._con
             if con is None or con.is_closed():
-                con = self._con = await self._connect()
+                con = self._con = await connect_uncancelled(self._connect)
             try:
                 yield con
             except asyncpg.PostgresError:
@@ -103,6 +104,27 @@ class Lane:
         con, self._con = self._con, None
         if con is not None:
             con.terminate()
+
+
+async def connect_uncancelled(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+) -> asyncpg.Connection:
+    """``connect()``, never cancelled halfway: cancelling asyncpg mid-handshake leaks the
+    socket and leaves a future whose error nobody retrieves ("Future exception was never
+    retrieved ... unexpected connection_lost() call", asyncpg issues #464 and #1211), which a
+    node stopping at the moment its lane reconnects used to print. A cancelled caller leaves
+    the handshake to finish in the background, and the connection is closed then."""
+    task = asyncio.ensure_future(connect())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_discard_connection)
+        raise
+
+
+def _discard_connection(task: asyncio.Future[asyncpg.Connection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().terminate()
 
 
 def translate_error(

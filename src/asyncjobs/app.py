@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 
+from .admin import DEFAULT_PURGE_STATES, check_queue, purge, purge_states
 from .clock import Clock, SystemClock
 from .enqueue import EnqueueBatcher, with_retries
 from .errors import (
@@ -104,13 +105,18 @@ class App:
         self.schedules: dict[str, ScheduleDef] = {}
         self.preloads: list[Callable[[], Any]] = []
         self.hooks: list[tuple[frozenset[str], Hook]] = []
+        self._state = "new"  # new -> started -> stopped (-> started again ...)
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """Fresh state for one run (start to stop): a stopped app may be started again, in
+        another event loop too, so nothing of a previous run's loop is kept."""
         self._pool: Any = None  # ProcessPool, only when isolated jobs are declared
         self._store: Store | None = None
         self._batcher: EnqueueBatcher | None = None
         self._node: Any = None  # Node, imported lazily (the node is optional for producers)
         self._services: asyncio.Task[None] | None = None
         self._waiters = ResultWaiters()
-        self._state = "new"  # new -> started -> stopped
         self._failure: BaseException | None = None
         self._listening = False
         self._listen_wanted = asyncio.Event()
@@ -123,8 +129,8 @@ class App:
         return self._settings
 
     def configure(self, **changes: Any) -> None:
-        """Change settings before the app starts (the CLI applies its flags this way)."""
-        if self._state != "new":
+        """Change settings while the app is not running (the CLI applies its flags this way)."""
+        if self._state == "started":
             raise ConfigurationError("settings", changes, "the app is already started")
         self._settings = self._settings.replace(**changes)
 
@@ -310,7 +316,7 @@ class App:
         if self._state == "started":
             return
         if self._state == "stopped":
-            raise ClosedError()
+            self._new_run()
         import_plugins(self._settings.plugins)
         store = self._store_override or make_store(self._settings)
         if node:
@@ -658,6 +664,35 @@ class App:
         """
         store = self._check_started()
         return await store.retry_jobs([coerce_job_id(j) for j in job_ids], self.clock.time())
+
+    async def counts(self, queue: str | None = None, *, finished: bool = False) -> dict[str, int]:
+        """How many jobs of ``queue`` (of every queue if None) are in each state.
+
+        By default the unfinished states: ``scheduled``, ``waiting``, ``queued`` (parked jobs
+        included) and ``running``, each counted through its own index, so the call stays
+        cheap however much history is kept. With ``finished=True``, also ``succeeded``,
+        ``failed``, ``cancelled`` and ``lost``: a count over the history, which costs as much
+        as the history is long.
+        """
+        store = self._check_started()
+        if queue is not None:
+            check_queue("counts", queue)
+        return await store.count_jobs(queue, bool(finished))
+
+    async def purge(
+        self, queue: str, *, states: str | Iterable[str] = DEFAULT_PURGE_STATES
+    ) -> dict[str, int]:
+        """Delete the jobs of ``queue`` in ``states`` (default: ``queued``), and return how
+        many were deleted per state.
+
+        Any state but ``running`` may be purged: ``scheduled``, ``waiting``, ``queued``, or
+        finished ones. Running jobs are never touched (cancel them first), nor is a job a
+        node is claiming at that instant. The dependents of a purged job that had not run
+        are cancelled (``upstream_cancelled``); a caller waiting on a purged job's result
+        gets ``JobNotFoundError``. Deletes in batches of 5,000, each its own transaction.
+        """
+        store = self._check_started()
+        return await purge(store, check_queue("purge", queue), purge_states(states))
 
     async def result(self, job_id: JobId | str, *, timeout: float | None = None) -> Any:
         """Wait for a job to finish and return its result.

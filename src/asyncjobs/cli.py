@@ -24,12 +24,14 @@ from typing import Any
 import anyio
 import orjson
 
+from .admin import DEFAULT_PURGE_STATES, check_queue, describe_purge, purge, purge_states
 from .app import App, make_store
 from .app import import_plugins as _import_plugins
 from .clock import to_datetime
 from .errors import (
     AsyncJobsError,
     ConfigurationError,
+    InvalidArgumentError,
     InvalidJobOptionError,
     JobNotFoundError,
     PayloadError,
@@ -53,7 +55,7 @@ from .monitoring import (
     snapshot_json,
 )
 from .settings import Settings
-from .store.base import JobQuery, ScheduleRecord, Store
+from .store.base import TERMINAL_STATES, JobQuery, ScheduleRecord, Store
 from .workflows import MAX_FAILURES_SHOWN, WorkflowStatus, status_from
 
 log = logging.getLogger("asyncjobs.cli")
@@ -401,6 +403,35 @@ async def cmd_retry(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     return EXIT_OK if len(again) == len(ids) else EXIT_FAILED
+
+
+async def cmd_purge(args: argparse.Namespace) -> int:
+    queue = check_queue("purge", args.queue)
+    states = purge_states(args.state or DEFAULT_PURGE_STATES)
+    async with _open_store(args) as store:
+        finished = any(s in TERMINAL_STATES for s in states)
+        counts = await store.count_jobs(queue, finished)
+        planned = {s: counts[s] for s in states}
+        if not sum(planned.values()):
+            print(f"queue {queue!r} has no {' or '.join(states)} jobs; nothing to delete")
+            return EXIT_OK
+        if not args.yes:
+            what = ", ".join(f"{n:,} {s}" for s, n in planned.items())
+            if not sys.stdin.isatty():
+                raise CliError(
+                    f"purge would delete {what} jobs from queue {queue!r}; pass --yes to "
+                    "confirm (it asks only on a terminal)"
+                )
+            # Blocking the loop is harmless here, and a thread would outlive a Ctrl-C.
+            answer = input(  # noqa: ASYNC250
+                f"Delete {what} jobs from queue {queue!r}? Running jobs are never touched. [y/N] "
+            )
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return EXIT_FAILED
+        deleted = await purge(store, queue, states)
+    print(describe_purge(queue, deleted))
+    return EXIT_OK
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -775,6 +806,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="cancelled from the command line", help="stored on each job")
     _command(p, cmd_cancel)
 
+    p = sub.add_parser(
+        "purge",
+        help="delete a queue's jobs in some states (queued by default; never running ones)",
+        description="Delete the jobs of QUEUE in the states given (--state, repeatable; "
+        "default queued): scheduled, waiting, queued, or finished ones (succeeded, failed, "
+        "cancelled, lost). Running jobs are never touched. The dependents of a purged job "
+        "that had not run are cancelled. Shows what it will delete and asks first on a "
+        "terminal; elsewhere it needs --yes.",
+    )
+    p.add_argument("queue", metavar="QUEUE", help="the queue to purge")
+    p.add_argument(
+        "--state", action="append", metavar="STATE",
+        help="a state to purge (repeat for several; default queued)",
+    )  # fmt: skip
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _command(p, cmd_purge)
+
     p = sub.add_parser("retry", help="queue failed or lost jobs again, for one more attempt")
     p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
     _command(p, cmd_retry)
@@ -857,6 +905,7 @@ def run_command(
         return _fail(str(exc), exc.code)
     except (
         ConfigurationError,
+        InvalidArgumentError,
         UnknownJobError,
         InvalidJobOptionError,
         PayloadError,

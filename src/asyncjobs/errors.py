@@ -273,7 +273,7 @@ class NotStartedError(AsyncJobsError):
 
 
 class ClosedError(AsyncJobsError):
-    """The app was stopped and cannot be used again; create a new App."""
+    """The app is stopped: start it again (``await app.start()``) to use it."""
 
 
 class JobNotFoundError(AsyncJobsError, LookupError):

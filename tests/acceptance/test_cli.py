@@ -6,6 +6,9 @@ Exit statuses (cli.py): 0 ok, 1 the job or command failed, 2 usage or configurat
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import orjson
 from asyncjobs import App
 from tests.helpers import wait_until
 
-from .nodes import EXAMPLE_APP, NodeRunner, describe, run_cli, subprocess_env
+from .nodes import CLI, EXAMPLE_APP, ROOT, NodeRunner, describe, run_cli, subprocess_env
 
 
 def assert_no_traceback(stderr: str) -> None:
@@ -307,3 +310,63 @@ async def test_jobs_show_retry_and_cancel_as_a_user_runs_them(
 
 async def _state(app: App, job_id: object, state: str) -> bool:
     return (await app.get(job_id)).state.value == state  # type: ignore[arg-type]
+
+
+async def test_purge_asks_on_a_terminal_needs_yes_elsewhere_and_says_what_it_deleted(
+    producer: App, pg_dsn: str, pg_schema: str
+) -> None:
+    env = subprocess_env(pg_dsn, pg_schema)
+    await producer.enqueue_many([producer.signature("record") for _ in range(3)])
+    later = await producer.enqueue("record", delay=3600)
+
+    refused = await run_cli("purge", "default", env=env)  # stdin is not a terminal
+    assert refused.returncode == 2, describe(refused)
+    assert_no_traceback(refused.stderr)
+    assert "purge would delete 3 queued jobs from queue 'default'; pass --yes" in refused.stderr
+    assert (await producer.counts())["queued"] == 3
+
+    declined = await run_on_a_terminal(["purge", "default"], env, answer="n")
+    assert "Delete 3 queued jobs from queue 'default'?" in declined.stdout, describe(declined)
+    assert declined.returncode == 1 and "nothing deleted" in declined.stdout
+    assert (await producer.counts())["queued"] == 3
+
+    accepted = await run_on_a_terminal(["purge", "default"], env, answer="y")
+    assert accepted.returncode == 0, describe(accepted)
+    assert "deleted 3 jobs from queue 'default': 3 queued" in accepted.stdout, describe(accepted)
+    assert (await producer.counts())["queued"] == 0
+    assert (await producer.get(later)).state.value == "scheduled"
+
+    both = await run_cli("purge", "default", "--state", "scheduled", "--yes", env=env)
+    assert both.returncode == 0 and "1 scheduled" in both.stdout, describe(both)
+    empty = await run_cli("purge", "default", "--yes", env=env)
+    assert empty.returncode == 0 and "nothing to delete" in empty.stdout, describe(empty)
+    for args, expected in (
+        (("purge", "default", "--state", "running", "--yes"), "running jobs are never purged"),
+        (("purge", "default", "--state", "done", "--yes"), "use some of scheduled, waiting"),
+        (("purge", "no such queue", "--yes"), "cannot take queue='no such queue'"),
+    ):
+        result = await run_cli(*args, env=env)
+        assert result.returncode == 2, describe(result)
+        assert_no_traceback(result.stderr)
+        assert expected in result.stderr, describe(result)
+
+
+async def run_on_a_terminal(
+    args: list[str], env: dict[str, str], *, answer: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``asyncjobs ARGS`` with a pseudo-terminal as its stdin, and type ``answer``."""
+    master, slave = os.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, *args, cwd=ROOT, env=env, stdin=slave,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        os.write(
+            master, answer.encode() + b"\n"
+        )  # read once the prompt is up: a terminal buffers it
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, stdout.decode(), stderr.decode())

@@ -552,3 +552,31 @@ async def test_two_nodes_share_the_work_and_run_each_job_once(
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_stopped_app_starts_again_as_a_new_node_and_runs_jobs(
+    node_app: Callable[..., App],
+) -> None:
+    app = node_app()
+    async with app:
+        first_node = app.node.id
+        assert await app.result(await app.enqueue("add", 1, b=1), timeout=10) == 2
+    async with app:
+        assert app.node.id != first_node
+        assert await app.result(await app.enqueue("add", 2, b=2), timeout=10) == 4
+
+
+def test_a_stopped_app_starts_again_in_another_event_loop(any_settings: Settings) -> None:
+    """As a notebook or a test suite does: asyncio.run twice, one app."""
+    app = App(settings=any_settings)
+
+    @app.job()
+    async def double(n: int) -> int:
+        return 2 * n
+
+    async def once(n: int) -> int:
+        async with app:
+            return int(await app.result(await app.enqueue(double, n), timeout=10))
+
+    assert asyncio.run(once(1)) == 2
+    assert asyncio.run(once(2)) == 4

@@ -405,8 +405,18 @@ async def test_enqueue_after_stop_raises_closed() -> None:
     declare_jobs(app)
     await app.start(node=False)
     await app.stop()
-    with pytest.raises(ClosedError):
+    with pytest.raises(ClosedError, match="start it again"):
         await app.enqueue("send", "a@example.com")
     assert store.jobs == {}
-    with pytest.raises(ClosedError):
-        await app.start(node=False)
+
+
+async def test_a_stopped_app_can_be_started_again_and_keeps_working() -> None:
+    app, store = memory_app()
+    declare_jobs(app)
+    await app.start(node=False)
+    first = await app.enqueue("send", "a@example.com")
+    await app.stop()
+    await app.start(node=False)
+    second = await app.enqueue("send", "b@example.com")
+    assert set(store.jobs) == {first, second}
+    await app.stop()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 PENDING_STATES = ("scheduled", "waiting", "queued")  # states a cancel ends at once
 ACTIVE_STATES = (*PENDING_STATES, "running")  # not finished
+PURGEABLE_STATES = (*PENDING_STATES, *TERMINAL_STATES)  # all but running: see purge_jobs
 # The most a workflow step receives as its parents' results, all together (JSON bytes). Over
 # it, the step fails with InputsTooLargeError when claimed, instead of building an argument
 # list Postgres cannot hold (a jsonb value is limited to 256 MiB).
@@ -484,6 +485,20 @@ class Store(Protocol):
 
     async def parent_results(self, job_id: JobId) -> list[ParentResult]:
         """The job's parents, in edge order, with their results."""
+
+    # -- counting and purging -------------------------------------------------------------------
+
+    async def count_jobs(self, queue: str | None, finished: bool) -> dict[str, int]:
+        """Jobs of ``queue`` (every queue if None) per unfinished state, through indexes; with
+        ``finished``, the finished states too (a count over the history)."""
+
+    async def purge_jobs(
+        self, queue: str, state: str, limit: int, after: JobId | None
+    ) -> list[JobId]:
+        """Delete at most ``limit`` jobs of ``queue`` in ``state`` (one of PURGEABLE_STATES:
+        never running) with ids above ``after``, in one transaction, skipping any a claim
+        holds; their dependents are cancelled, their waiters woken. Returns the deleted ids,
+        in order."""
 
     # -- limits ----------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -34,8 +35,11 @@ from ..jobs import JobId, JobRecord, JobState
 from ..schedules import FirePlan, ScheduleDef, ScheduleState, plan
 from ..settings import Settings, mask_dsn
 from .base import (
+    ACTIVE_STATES,
     MAX_INPUT_BYTES,
+    PENDING_STATES,
     PLAIN_FIELDS,
+    PURGEABLE_STATES,
     STATS_BUCKET_S,
     TERMINAL_STATES,
     BusyKey,
@@ -100,6 +104,12 @@ T = TypeVar("T")
 _SERVER_SETTINGS = {"application_name": "asyncjobs", "jit": "off"}
 
 
+_NIL_ID = uuid.UUID(int=0)  # below every id: a purge's first batch
+# The conditions a purge finds a state's jobs by, each matching a partial index (the others:
+# state = '<state>').
+_PURGE_CONDITIONS = {"queued": ["state = 'queued' AND NOT parked", "state = 'queued' AND parked"]}
+
+
 def _by_id(outcome: Outcome) -> JobId:
     return outcome.id
 
@@ -120,6 +130,16 @@ class PostgresStore:
         self._list_by_state = {
             state: self.q["list_jobs"].replace("/* state index */", f"{condition} AND")
             for state, condition in _STATE_INDEXES.items()
+        }
+        self._purge_by_state = {  # constants, never user input (see purge_jobs)
+            state: [
+                self.q["purge_jobs"]
+                .replace("/* state */", condition + ("" if pending else " AND id > $3"))
+                .replace("/* order */", "" if pending else "ORDER BY id")
+                for condition in _PURGE_CONDITIONS.get(state, [f"state = '{state}'"])
+            ]
+            for state in PURGEABLE_STATES
+            for pending in [state in PENDING_STATES]
         }
         self._pool: asyncpg.Pool | None = None
         self._enqueue_lane = Lane(self._connect, lambda: self.pool)
@@ -613,6 +633,34 @@ class PostgresStore:
         ]
 
     # -- limits ----------------------------------------------------------------------------------
+
+    async def count_jobs(self, queue: str | None, finished: bool) -> dict[str, int]:
+        async with self._errors():
+            rows = await self.pool.fetch(self.q["count_unfinished"], queue)
+            if finished:
+                rows += await self.pool.fetch(self.q["count_finished"], queue)
+        counts = dict.fromkeys(ACTIVE_STATES + (TERMINAL_STATES if finished else ()), 0)
+        for r in rows:  # queued comes in two parts, ready and parked
+            counts[r["state"]] += r["n"]
+        return counts
+
+    async def purge_jobs(
+        self, queue: str, state: str, limit: int, after: JobId | None
+    ) -> list[JobId]:
+        pending = state in PENDING_STATES  # a finished job's dependents are settled already
+        tail = () if pending else (after or _NIL_ID,)
+
+        async def body(con: asyncpg.Connection) -> list[JobId]:
+            rows: list[Any] = []
+            for sql in self._purge_by_state[state]:
+                if len(rows) < limit:
+                    rows += await con.fetch(sql, queue, limit - len(rows), *tail)
+            settle = [r["id"] for r in rows if r["has_dependents"]] if pending else []
+            if settle:  # a deleted job's dependents can never run: cancelled, as by a cancel
+                await con.execute(self.q["settle_jobs"], settle, ["cancelled"] * len(settle))
+            return sorted(r["id"] for r in rows)
+
+        return await self._transaction(body)
 
     async def queue_counts(self) -> list[QueueCounts]:
         async with self._errors():

@@ -681,3 +681,55 @@ FROM {t}workflows AS w
 WHERE ($1::uuid IS NULL OR w.id < $1)
 ORDER BY w.id DESC
 LIMIT $2;
+
+-- name: count_unfinished
+-- Queue $1's jobs (every queue's if null) in each unfinished state, each through its partial
+-- index (ready and parked, scheduled, waiting, running); finished jobs are never read.
+SELECT 'scheduled' AS state, count(*) AS n FROM {t}jobs
+WHERE state = 'scheduled' AND ($1::text IS NULL OR queue = $1)
+UNION ALL
+SELECT 'waiting', count(*) FROM {t}jobs WHERE state = 'waiting' AND ($1::text IS NULL OR queue = $1)
+UNION ALL
+SELECT 'queued', count(*) FROM {t}jobs
+WHERE state = 'queued' AND NOT parked AND ($1::text IS NULL OR queue = $1)
+UNION ALL
+SELECT 'queued', count(*) FROM {t}jobs
+WHERE state = 'queued' AND parked AND ($1::text IS NULL OR queue = $1)
+UNION ALL
+SELECT 'running', count(*) FROM {t}jobs WHERE state = 'running' AND ($1::text IS NULL OR queue = $1);
+
+-- name: count_finished
+-- Queue $1's finished jobs (every queue's if null) by state: a scan of the history, which
+-- the retention period bounds; only asked for explicitly (app.counts(finished=True)).
+SELECT state::text, count(*) AS n FROM {t}jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled', 'lost') AND ($1::text IS NULL OR queue = $1)
+GROUP BY state;
+
+-- name: purge_jobs
+-- Deletes at most $2 jobs of queue $1 in the state the store puts in place of the marker
+-- below (constants, never user input; never 'running'; queued jobs in two parts, ready and
+-- parked, as their partial indexes are), never one another transaction holds
+-- (a claim in flight skips it, and so does this), with their edges to their parents and their
+-- waiters, whom it wakes. Returns each deleted job's id and whether it had dependents (the
+-- caller cancels those in the same transaction). An unfinished state is found through its
+-- partial index, in any order; a finished one (no index of its own) by a pass over the
+-- primary key from id $3 on, in order, so that successive batches never read a row twice.
+WITH gone AS (
+    DELETE FROM {t}jobs
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM {t}jobs
+        WHERE /* state */ AND queue = $1
+        /* order */
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id, has_dependents
+), edges AS (
+    DELETE FROM {t}job_deps WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
+), waited AS (
+    DELETE FROM {t}waiters WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
+), woken AS (
+    SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
+)
+SELECT id, has_dependents FROM gone
+WHERE (SELECT count(*) FROM edges) >= 0 AND (SELECT count(*) FROM woken) >= 0;

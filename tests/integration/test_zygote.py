@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from asyncjobs import Settings
+from asyncjobs import PoolError, Settings
 from asyncjobs.pool.config import pool_config
 from asyncjobs.pool.pool import ProcessPool
 from tests import pool_jobs
@@ -40,6 +40,8 @@ async def test_a_zygote_whose_node_closes_the_control_socket_mid_spawn_exits_qui
         await wait_until(lambda: pool._control is None, what="the node's end to be closed")
         os.kill(zygote.pid, signal.SIGCONT)
         await closing
+        with pytest.raises(PoolError, match="closed"):  # the caller is told, not left waiting
+            await asyncio.wait_for(acquiring, 10)
     finally:
         acquiring.cancel()
         if zygote.poll() is None:

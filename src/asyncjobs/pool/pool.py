@@ -101,9 +101,10 @@ class ProcessPool:
                 proc.kill()
             proc.wait()
         self._forget_zygote()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(PoolError("the process pool is closed"))
+        closed = PoolError("the process pool is closed")
+        for future in [*self._waiters, *self._spawning.values()]:  # none waits forever
+            if not future.done():
+                future.set_exception(closed)
 
     # -- taking and giving back workers ---------------------------------------------------------
 

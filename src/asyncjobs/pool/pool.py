@@ -102,7 +102,8 @@ class ProcessPool:
             proc.wait()
         self._forget_zygote()
         closed = PoolError("the process pool is closed")
-        for future in [*self._waiters, *self._spawning.values()]:  # none waits forever
+        waiting: list[asyncio.Future[Any]] = [*self._waiters, *self._spawning.values()]
+        for future in waiting:  # none waits forever
             if not future.done():
                 future.set_exception(closed)
 

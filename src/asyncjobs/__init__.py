@@ -5,8 +5,6 @@ The public API is what this module exports (``__all__``); everything else is int
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .app import App
 from .clock import Clock, SystemClock
 from .errors import (
@@ -51,6 +49,7 @@ from .node.hooks import Event
 from .schedules import ScheduleDef
 from .settings import Settings
 from .store.memory import MemoryStore
+from .version import __version__
 from .workflows import (
     Chain,
     Chord,
@@ -63,11 +62,6 @@ from .workflows import (
     chord,
     group,
 )
-
-try:
-    __version__ = version("asyncjobs")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "App",

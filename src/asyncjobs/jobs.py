@@ -18,14 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from .errors import ConfigurationError, IsolationError, JobDefinitionError
 from .limits import JobLimits, declare_limits
 from .storable import text_problem
-
-if TYPE_CHECKING:
-    from .app import App
 
 JobId = uuid.UUID
 P = ParamSpec("P")
@@ -380,6 +377,30 @@ class JobRecord:
         return max(0.0, (self.started_at - self.run_at).total_seconds())
 
 
+class _Parents(Protocol):
+    async def parent_results(self, job_id: JobId) -> Sequence[Any]: ...
+
+
+class ContextApp(Protocol):
+    """What a running job's context calls on its app (``App`` is one). Narrow on purpose:
+    this module, which the stores and the pool import, needs nothing else of the app."""
+
+    @property
+    def store(self) -> _Parents: ...
+
+    def _definition(self, job: str | JobDef[Any, Any]) -> JobDef[Any, Any]: ...
+
+    async def _enqueue(
+        self,
+        definition: JobDef[Any, Any],
+        sig: Signature,
+        after: Sequence[JobId | str] | None,
+        workflow_id: JobId | None,
+    ) -> JobId: ...
+
+    async def result(self, job_id: JobId | str, *, timeout: float | None = None) -> Any: ...
+
+
 class JobContext:
     """What a running job may know and do. Ask for it by annotating the first parameter::
 
@@ -402,7 +423,7 @@ class JobContext:
 
     def __init__(
         self,
-        app: App | None,
+        app: ContextApp | None,
         job_id: JobId,
         name: str,
         queue: str,
@@ -485,7 +506,7 @@ class JobContext:
         """
         return await self._require_app("wait_for").result(job_id, timeout=timeout)
 
-    def _require_app(self, what: str) -> App:
+    def _require_app(self, what: str) -> ContextApp:
         if self._app is None:
             raise IsolationError(
                 f"job {self.job_name!r} runs isolated in a pool worker, which has no database "

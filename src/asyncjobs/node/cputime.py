@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .execution import RunningJob
+    from .running import RunningJob
 
 _clock = time.perf_counter
 

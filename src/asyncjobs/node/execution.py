@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,70 +24,24 @@ from ..errors import (
     describe_error,
     without_runner_frames,
 )
-from ..jobs import JobContext, JobDef, JobId
+from ..jobs import JobContext
 from ..serialization import decode_args, encode_result
 from ..store.base import MAX_INPUT_BYTES, ClaimedJob, Outcome
 from . import cputime
 from .cputime import metered
+from .running import (
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    STOP_SOFT_TIMEOUT,
+    STOP_TIMEOUT,
+    JobRunner,
+    RunningJob,
+)
 
 RUNNER_FILES = frozenset({__file__, cputime.__file__})  # frames a job's traceback leaves out
 
-if TYPE_CHECKING:
-    from ..pool.handle import WorkerHandle
-    from .node import Node
 
-
-# Reasons a node stops a job itself. The values are stored as the job's `reason`.
-STOP_CANCEL = "cancel requested"
-STOP_SOFT_TIMEOUT = "soft time limit"
-STOP_TIMEOUT = "time limit"
-STOP_SHUTDOWN = "node shutdown"
-
-
-class RunningJob:
-    """What the node keeps for one running attempt."""
-
-    __slots__ = (
-        "attempt",
-        "concurrency_key",
-        "cpu",
-        "ctx",
-        "definition",
-        "finished",
-        "handles",
-        "id",
-        "max_attempts",
-        "name",
-        "queue",
-        "started",
-        "stop_reason",
-        "task",
-        "wait",
-        "worker",
-        "workflow_id",
-    )
-
-    def __init__(self, claimed: ClaimedJob, definition: JobDef[Any, Any] | None) -> None:
-        self.id: JobId = claimed.id
-        self.name = claimed.name
-        self.queue = claimed.queue
-        self.attempt = claimed.attempt
-        self.max_attempts = claimed.max_attempts
-        self.workflow_id = claimed.workflow_id
-        self.concurrency_key = claimed.concurrency_key
-        self.definition = definition
-        self.task: asyncio.Task[None] | None = None
-        self.ctx: JobContext | None = None
-        self.stop_reason: str | None = None
-        self.handles: list[asyncio.TimerHandle] | None = None
-        self.finished = False
-        self.worker: WorkerHandle | None = None  # isolated jobs: the pool worker running it
-        self.started: float | None = None  # time.monotonic() when it began to run
-        self.cpu: float | None = None  # its CPU time so far, where measured
-        self.wait = claimed.wait  # how long it waited to be claimed after it was due
-
-
-async def execute(node: Node, job: RunningJob, raw_args: bytes) -> None:
+async def execute(node: JobRunner, job: RunningJob, raw_args: bytes) -> None:
     """The body of a job's task: run it, then hand the outcome to the node."""
     definition = job.definition
     assert definition is not None
@@ -134,7 +87,7 @@ def error_payload(exc: BaseException) -> bytes:
     return orjson.dumps(describe_error(exc))
 
 
-def failed_outcome(node: Node, job: RunningJob, exc: BaseException) -> Outcome:
+def failed_outcome(node: JobRunner, job: RunningJob, exc: BaseException) -> Outcome:
     """Failed for good, or re-queued after a backoff if the job's retry policy allows."""
     retry = job.definition.retry if job.definition else None
     retryable = retry is not None and retry.retries(exc)
@@ -142,7 +95,7 @@ def failed_outcome(node: Node, job: RunningJob, exc: BaseException) -> Outcome:
 
 
 def failure_outcome(
-    node: Node, job: RunningJob, error: bytes, type_name: str, retryable: bool
+    node: JobRunner, job: RunningJob, error: bytes, type_name: str, retryable: bool
 ) -> Outcome:
     """``failed``, or re-queued after the policy's backoff if retryable with attempts left."""
     now = node.clock.time()
@@ -155,7 +108,7 @@ def failure_outcome(
     return Outcome(job.id, job.attempt, "failed", None, error, now, None, None)
 
 
-def stopped_outcome(node: Node, job: RunningJob) -> Outcome:
+def stopped_outcome(node: JobRunner, job: RunningJob) -> Outcome:
     """The outcome of a job whose task was cancelled, according to why it was."""
     reason = job.stop_reason
     now = node.clock.time()
@@ -181,7 +134,7 @@ def shutdown_outcome(job: RunningJob, now: float) -> Outcome:
     return Outcome(job.id, job.attempt, "cancelled", None, None, now, None, STOP_SHUTDOWN)
 
 
-def abandoned_outcome(node: Node, job: RunningJob) -> Outcome:
+def abandoned_outcome(node: JobRunner, job: RunningJob) -> Outcome:
     """A job that did not end within the grace period after being stopped.
 
     Its task is left to finish (a coroutine cannot be killed), but its slot is freed and its
@@ -194,14 +147,14 @@ def abandoned_outcome(node: Node, job: RunningJob) -> Outcome:
     return failed_outcome(node, job, JobTimeoutError(job.name, limit, "hard"))
 
 
-def inputs_too_large_outcome(node: Node, job: RunningJob) -> Outcome:
+def inputs_too_large_outcome(node: JobRunner, job: RunningJob) -> Outcome:
     """A step whose parents' results are too large to pass: failed, never retried (the
     same results would be passed again)."""
     error = InputsTooLargeError(job.name, MAX_INPUT_BYTES)
     return failure_outcome(node, job, error_payload(error), type(error).__name__, False)
 
 
-def unknown_job_outcome(node: Node, claimed: ClaimedJob) -> Outcome:
+def unknown_job_outcome(node: JobRunner, claimed: ClaimedJob) -> Outcome:
     """A claimed job whose name this node does not know: failed, and the node goes on."""
     error = orjson.dumps(
         {

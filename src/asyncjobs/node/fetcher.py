@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import anyio
 
+from ..clock import Clock
 from ..errors import StoreError, StoreUnavailableError
-from ..store.base import ClaimedJob
+from ..jobs import JobId
+from ..store.base import ClaimedJob, Store
+from .completer import Completer
 from .store_errors import log_store_error
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("asyncjobs.node")
 
@@ -28,10 +29,48 @@ CLAIM_RETRY_MIN_S = 0.05
 CLAIM_RETRY_MAX_S = 5.0  # backoff cap when claiming fails because the database is unreachable
 
 
+class ClaimingNode(Protocol):
+    """What the fetcher needs from its node (``Node`` is one): its capacity, whether it may
+    claim, and where claimed jobs go."""
+
+    @property
+    def id(self) -> JobId: ...
+
+    @property
+    def free(self) -> int:
+        """How many more jobs it can run now, over all its queues."""
+
+    @property
+    def queue_free(self) -> Mapping[str, int]: ...
+
+    @property
+    def running(self) -> Mapping[JobId, object]: ...
+
+    def may_claim(self) -> bool: ...
+
+    async def wait_until_heartbeat_succeeds(self) -> None: ...
+
+    def start_job(self, claimed: ClaimedJob) -> None: ...
+
+
 class Fetcher:
-    def __init__(self, node: Node) -> None:
+    def __init__(
+        self,
+        node: ClaimingNode,
+        store: Store,
+        clock: Clock,
+        completer: Completer,
+        queues: Sequence[str],
+        batch_size: int,
+        poll_interval_s: float,
+    ) -> None:
         self._node = node
-        queues = list(node.queue_limit)
+        self._store = store
+        self._clock = clock
+        self._completer = completer
+        self._batch_size = batch_size
+        self._poll = poll_interval_s
+        queues = list(queues)
         self._queues = queues
         self._turn = 0
         self._maybe_ready: set[str] = set(queues)  # check every queue at start
@@ -63,7 +102,7 @@ class Fetcher:
     async def run(self) -> None:
         node = self._node
         retry_delay = CLAIM_RETRY_MIN_S
-        poll = node.settings.poll_interval_s
+        poll = self._poll
         while True:
             if not node.may_claim():
                 await node.wait_until_heartbeat_succeeds()
@@ -74,8 +113,8 @@ class Fetcher:
                 try:
                     if self._claims_uncertain:
                         await self._release_unknown_claims()
-                    claimed = await node.store.claim(
-                        node.id, limits, node.clock.time(), node.completer.freeing_keys()
+                    claimed = await self._store.claim(
+                        node.id, limits, self._clock.time(), self._completer.freeing_keys()
                     )
                 except StoreError as exc:
                     if isinstance(exc, StoreUnavailableError):
@@ -100,7 +139,7 @@ class Fetcher:
         """
         node = self._node
         limits: dict[str, int] = {}
-        budget = min(node.free, node.settings.claim_batch_size)
+        budget = min(node.free, self._batch_size)
         order = self._queues
         self._turn = (self._turn + 1) % len(order)
         for i in range(len(order)):
@@ -133,8 +172,8 @@ class Fetcher:
     async def _release_unknown_claims(self) -> None:
         """Give back jobs the database says this node runs but the node never received."""
         node = self._node
-        known = [*node.running, *node.completer.pending_ids()]
-        released = await node.store.release_claims(node.id, known)
+        known = [*node.running, *self._completer.pending_ids()]
+        released = await self._store.release_claims(node.id, known)
         self._claims_uncertain = False
         if released:
             log.warning(

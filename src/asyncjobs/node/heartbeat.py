@@ -13,24 +13,46 @@ it was reaped meanwhile, it rejoins as a new node.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
 from ..errors import StoreError, ValueRejectedError
-from ..store.base import HeartbeatResult
+from ..jobs import JobId
+from ..store.base import HeartbeatResult, Store
+from .stats import NodeStats
 from .store_errors import log_store_error
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("asyncjobs.node")
 
 RETRY_MIN_S = 0.1
 
 
-async def run_heartbeat(node: Node) -> None:
-    interval = node.settings.heartbeat_interval_s
+class BeatingNode(Protocol):
+    """What the heartbeat needs from its node (``Node`` is one)."""
+
+    @property
+    def id(self) -> JobId: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def stats(self) -> NodeStats:
+        """The statistics each beat carries."""
+
+    def load(self) -> tuple[int, int]:
+        """How many jobs it runs, and how many pool workers it has."""
+
+    def heartbeat_succeeded(self) -> None: ...
+
+    async def rejoin(self) -> None:
+        """It was reaped: stop its jobs and register again under a new id."""
+
+    def cancel_running(self, job_ids: list[JobId]) -> None: ...
+
+
+async def run_heartbeat(node: BeatingNode, interval: float) -> None:
     wait = interval
     while True:
         await anyio.sleep(wait)
@@ -55,10 +77,9 @@ async def run_heartbeat(node: Node) -> None:
             node.cancel_running(result.cancel_requested)
 
 
-async def beat(node: Node) -> HeartbeatResult:
+async def beat(node: BeatingNode) -> HeartbeatResult:
     """One heartbeat, carrying the statistics since the last one (given back if it fails)."""
-    workers = len(node.pool.workers) if node.pool is not None else 0
-    running = len(node.running)
+    running, workers = node.load()
     rows = node.stats.take()
     try:
         return await node.store.heartbeat(node.id, running, workers, rows)

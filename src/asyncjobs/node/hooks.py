@@ -133,6 +133,11 @@ class Hooks:
         self.node_id = node_id
         self.wants = frozenset().union(*(kinds for kinds, _ in hooks)) if hooks else frozenset()
 
+    @property
+    def dropped(self) -> int:
+        """Events dropped, over every hook, because the hook fell behind."""
+        return sum(lane.dropped for lane in self.lanes)
+
     def emit(self, event: Event) -> None:
         for lane in self.lanes:
             if event.kind in lane.kinds:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -26,15 +26,12 @@ from ..pool.handle import WorkerDied
 from ..serialization import check_storable
 from ..store.base import Outcome
 from .execution import (
-    RunningJob,
     abandoned_outcome,
     failed_outcome,
     failure_outcome,
     stopped_outcome,
 )
-
-if TYPE_CHECKING:
-    from .node import Node
+from .running import JobRunner, RunningJob
 
 # What a worker reports when the node's stop signal raised inside the job.
 INTERRUPTED = frozenset(
@@ -42,7 +39,7 @@ INTERRUPTED = frozenset(
 )
 
 
-async def execute_isolated(node: Node, job: RunningJob, raw_args: bytes) -> None:
+async def execute_isolated(node: JobRunner, job: RunningJob, raw_args: bytes) -> None:
     """The body of an isolated job's task: get a worker, run the job there, report."""
     pool = node.pool
     assert pool is not None and job.definition is not None
@@ -92,7 +89,7 @@ async def execute_isolated(node: Node, job: RunningJob, raw_args: bytes) -> None
 
 
 def reply_outcome(
-    node: Node, job: RunningJob, reply: dict[str, Any], body: bytes
+    node: JobRunner, job: RunningJob, reply: dict[str, Any], body: bytes
 ) -> Outcome | None:
     """The outcome a worker's reply describes; None if the reply cannot be trusted."""
     if reply["op"] == "ok":
@@ -122,7 +119,7 @@ def reply_outcome(
     return failure_outcome(node, job, error, type_name, retryable)
 
 
-def died_outcome(node: Node, job: RunningJob, how: str) -> Outcome:
+def died_outcome(node: JobRunner, job: RunningJob, how: str) -> Outcome:
     """The worker died mid-job: killed by the node on purpose, or crashed."""
     if job.stop_reason is not None:
         return abandoned_outcome(node, job)

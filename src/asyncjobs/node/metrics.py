@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,9 +19,9 @@ import anyio
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ..settings import Settings
     from ..store.base import ClaimedJob, Outcome
-    from .execution import RunningJob
-    from .node import Node
+    from .running import RunningJob
 
 log = logging.getLogger("asyncjobs.node")
 
@@ -43,9 +44,19 @@ def _prometheus() -> Any:
 
 
 class NodeMetrics:
-    def __init__(self, node: Node) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        running: Callable[[], int],
+        workers: Callable[[], int],
+        buffered: Callable[[], int],
+        hook_events_dropped: Callable[[], int],
+    ) -> None:
+        """``running``, ``workers``, ``buffered`` and ``hook_events_dropped`` read the node's
+        gauges when Prometheus scrapes them."""
         prom = _prometheus()
-        self.node = node
+        self.settings = settings
         self.registry = registry = prom.CollectorRegistry()
         self._started = prom.Counter(
             "asyncjobs_jobs_started", "Attempts this node started", ["name"], registry=registry
@@ -72,13 +83,11 @@ class NodeMetrics:
             ["name"], registry=registry,
         )  # fmt: skip
         gauges = (
-            ("asyncjobs_running_jobs", "Jobs running on this node", lambda: len(node.running)),
-            ("asyncjobs_pool_workers", "Live process pool workers",
-             lambda: len(node.pool.workers) if node.pool is not None else 0),
-            ("asyncjobs_buffered_completions", "Job outcomes waiting to be written",
-             lambda: node.completer.buffered),
+            ("asyncjobs_running_jobs", "Jobs running on this node", running),
+            ("asyncjobs_pool_workers", "Live process pool workers", workers),
+            ("asyncjobs_buffered_completions", "Job outcomes waiting to be written", buffered),
             ("asyncjobs_hook_events_dropped", "Events dropped because a hook fell behind",
-             lambda: sum(lane.dropped for lane in node.hooks.lanes) if node.hooks else 0),
+             hook_events_dropped),
         )  # fmt: skip
         for name, doc, read in gauges:
             prom.Gauge(name, doc, registry=registry).set_function(read)
@@ -122,7 +131,7 @@ class NodeMetrics:
     def start(self) -> None:
         """Listen now (``App.start`` calls this, so a port in use fails the start)."""
         prom = _prometheus()
-        settings = self.node.settings
+        settings = self.settings
         try:
             self._server, self._thread = prom.start_http_server(
                 settings.metrics_port, settings.metrics_host, registry=self.registry

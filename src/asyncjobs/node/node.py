@@ -18,22 +18,21 @@ import math
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from ..clock import Clock
 from ..ids import new_id
-from ..jobs import JobId, coerce_job_id
+from ..jobs import ContextApp, JobDef, JobId, coerce_job_id
 from ..pool.worker import CANCEL_SIGNAL, SOFT_SIGNAL
+from ..schedules import ScheduleDef
 from ..settings import Settings
 from ..store.base import ClaimedJob, NodeInfo, Outcome, Store, StoreEvent
+from ..version import __version__
 from .completer import Completer
 from .execution import (
-    STOP_CANCEL,
-    STOP_SHUTDOWN,
-    STOP_SOFT_TIMEOUT,
-    STOP_TIMEOUT,
-    RunningJob,
     abandoned_outcome,
     execute,
     inputs_too_large_outcome,
@@ -42,17 +41,23 @@ from .execution import (
 )
 from .fetcher import Fetcher
 from .heartbeat import beat, run_heartbeat
-from .hooks import Hooks
+from .hooks import Hook, Hooks
 from .isolated import execute_isolated
 from .metrics import NodeMetrics
 from .promoter import Promoter
 from .pruner import run_pruner
 from .reaper import run_reaper
-from .scheduler import run_scheduler
+from .running import (
+    STOP_CANCEL,
+    STOP_SHUTDOWN,
+    STOP_SOFT_TIMEOUT,
+    STOP_TIMEOUT,
+    RunningJob,
+)
+from .scheduler import run_scheduler, served
 from .stats import NodeStats
 
 if TYPE_CHECKING:
-    from ..app import App
     from ..pool.pool import ProcessPool
 
 log = logging.getLogger("asyncjobs.node")
@@ -60,14 +65,29 @@ log = logging.getLogger("asyncjobs.node")
 HOOK_DRAIN_MAX_S = 10.0  # the longest a stopping node waits for its hooks' last events
 
 
+class NodeApp(ContextApp, Protocol):
+    """What a node needs from its app (``App`` is one): the jobs it may run, the schedules
+    and hooks it serves, the clock, and what its jobs' contexts call back."""
+
+    @property
+    def registry(self) -> Mapping[str, JobDef[Any, Any]]: ...
+
+    @property
+    def schedules(self) -> Mapping[str, ScheduleDef]: ...
+
+    @property
+    def hooks(self) -> list[tuple[frozenset[str], Hook]]: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+
 class Node:
     """Runs an app's coroutine jobs. Created and driven by ``App.start()`` / ``asyncjobs node``."""
 
     def __init__(
-        self, app: App, store: Store, settings: Settings, pool: ProcessPool | None = None
+        self, app: NodeApp, store: Store, settings: Settings, pool: ProcessPool | None = None
     ) -> None:
-        from .. import __version__
-
         self.app = app
         self.pool = pool  # runs the isolated jobs, if the app declares any
         self.store = store
@@ -87,8 +107,11 @@ class Node:
         self.queue_free = dict(self.queue_limit)
         self.completer = Completer(store, self.id)
         self.stats = NodeStats()  # written by the heartbeat
-        self.promoter = Promoter(self)
-        self.fetcher = Fetcher(self)
+        self.promoter = Promoter(store, self.clock, settings.poll_interval_s)
+        self.fetcher = Fetcher(
+            self, store, self.clock, self.completer, list(self.queue_limit),
+            settings.claim_batch_size, settings.poll_interval_s,
+        )  # fmt: skip
         self._draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -101,7 +124,17 @@ class Node:
         self._fenced = False
         self._heartbeat_ok = anyio.Event()
         self.hooks = Hooks(app.hooks, settings.hook_timeout_s, self.id) if app.hooks else None
-        self.metrics = NodeMetrics(self) if settings.metrics_port else None
+        self.metrics = (
+            NodeMetrics(
+                settings,
+                running=lambda: len(self.running),
+                workers=lambda: self.load()[1],
+                buffered=lambda: self.completer.buffered,
+                hook_events_dropped=lambda: self.hooks.dropped if self.hooks else 0,
+            )
+            if settings.metrics_port
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -125,12 +158,22 @@ class Node:
                 if self.hooks is not None:
                     services.start_soon(self.hooks.run)
                     self.hooks.node_event("node_started")
+                settings, store, current_id = self.settings, self.store, self._current_id
                 services.start_soon(self.completer.run)
-                services.start_soon(run_heartbeat, self)
+                services.start_soon(run_heartbeat, self, settings.heartbeat_interval_s)
                 services.start_soon(self.promoter.run)
-                services.start_soon(run_reaper, self)
-                services.start_soon(run_pruner, self)
-                services.start_soon(run_scheduler, self)
+                services.start_soon(
+                    run_reaper, store, current_id, settings.heartbeat_interval_s,
+                    settings.node_timeout_s,
+                )  # fmt: skip
+                services.start_soon(
+                    run_pruner, store, current_id, settings.prune_interval_s,
+                    settings.retention_s,
+                )  # fmt: skip
+                services.start_soon(
+                    run_scheduler, store, self.clock, self.schedules(),
+                    settings.poll_interval_s,
+                )  # fmt: skip
                 async with anyio.create_task_group() as fetching:
                     fetching.start_soon(self.fetcher.run)
                     task_status.started()
@@ -209,6 +252,17 @@ class Node:
                 await self._idle.wait()
             for job in list(self.running.values()):
                 self._abandon(job)
+
+    def _current_id(self) -> JobId:
+        return self.id  # a new one after a rejoin
+
+    def schedules(self) -> list[ScheduleDef]:
+        """The app's schedules this node fires: those whose runs go to one of its queues."""
+        return served(self.app.schedules.values(), self.queue_limit)
+
+    def load(self) -> tuple[int, int]:
+        """How many jobs this node runs, and how many pool workers it has."""
+        return len(self.running), len(self.pool.workers) if self.pool is not None else 0
 
     # -- liveness: self-fencing and rejoining ----------------------------------------------------
 

@@ -8,22 +8,22 @@ scheduled job. So a job with ``delay=2`` starts about 2 s later, not at the next
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import anyio
 
+from ..clock import Clock
 from ..errors import StoreError
+from ..store.base import Store
 from .store_errors import log_store_error
-
-if TYPE_CHECKING:
-    from .node import Node
 
 PROMOTE_BATCH = 1000
 
 
 class Promoter:
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(self, store: Store, clock: Clock, poll_interval_s: float) -> None:
+        self._store = store
+        self._clock = clock
+        self._poll = poll_interval_s
         self._next_due = 0.0  # epoch seconds; 0 means "check now"
         self._wake = anyio.Event()
 
@@ -34,9 +34,7 @@ class Promoter:
             self._wake.set()
 
     async def run(self) -> None:
-        node = self._node
-        clock = node.clock
-        poll = node.settings.poll_interval_s
+        clock, poll = self._clock, self._poll
         while True:
             now = clock.time()
             if now >= self._next_due:
@@ -44,7 +42,7 @@ class Promoter:
                 # the min() below keeps whichever due time is earlier.
                 self._next_due = math.inf
                 try:
-                    result = await node.store.promote_due(now, PROMOTE_BATCH)
+                    result = await self._store.promote_due(now, PROMOTE_BATCH)
                 except StoreError as exc:
                     log_store_error(exc, "cannot promote scheduled jobs")
                     self._next_due = now + poll

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import anyio
 
 from ..errors import StoreError
+from ..jobs import JobId
+from ..store.base import Store
 from .store_errors import log_store_error
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("asyncjobs.node")
 
@@ -26,22 +25,23 @@ PAUSE_BETWEEN_BATCHES_S = 0.05
 WAITER_TTL_S = 24 * 3600.0  # a registration of interest older than this is dropped
 
 
-async def run_pruner(node: Node) -> None:
-    settings = node.settings
+async def run_pruner(
+    store: Store, node_id: Callable[[], JobId], interval_s: float, retention_s: float
+) -> None:
+    """Every ``interval_s`` or so, prune what is older than ``retention_s``."""
     while True:
-        await anyio.sleep(settings.prune_interval_s * random.uniform(0.75, 1.25))
+        await anyio.sleep(interval_s * random.uniform(0.75, 1.25))
         try:
-            deleted = await prune_once(node)
+            deleted = await prune_once(store, retention_s)
         except StoreError as exc:
-            log_store_error(exc, "pruning by node %s failed", node.id)
+            log_store_error(exc, "pruning by node %s failed", node_id())
             continue
         if deleted:
-            log.info("node %s pruned %d finished jobs", node.id, deleted)
+            log.info("node %s pruned %d finished jobs", node_id(), deleted)
 
 
-async def prune_once(node: Node) -> int:
+async def prune_once(store: Store, retention: float) -> int:
     """Delete every finished job past the retention period; returns how many."""
-    store, retention = node.store, node.settings.retention_s
     total = 0
     while True:
         deleted = await store.prune(retention, PRUNE_BATCH)

@@ -9,31 +9,33 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import anyio
 
 from ..clock import to_datetime
 from ..errors import StoreError
+from ..jobs import JobId
+from ..store.base import Store
 from .store_errors import log_store_error
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger("asyncjobs.node")
 
 REAP_BATCH = 100  # most nodes reaped in one statement
 
 
-async def run_reaper(node: Node) -> None:
-    interval = node.settings.heartbeat_interval_s
+async def run_reaper(
+    store: Store, node_id: Callable[[], JobId], interval_s: float, node_timeout_s: float
+) -> None:
+    """Every ``interval_s`` or so, reap the nodes silent for over ``node_timeout_s``.
+    ``node_id`` gives this node's id, which changes when it rejoins."""
     while True:
         # Spread over the interval, so that the nodes of a cluster do not all look at once.
-        await anyio.sleep(interval * random.uniform(0.75, 1.25))
+        await anyio.sleep(interval_s * random.uniform(0.75, 1.25))
         try:
-            reaped = await node.store.reap(node.id, node.settings.node_timeout_s, REAP_BATCH)
+            reaped = await store.reap(node_id(), node_timeout_s, REAP_BATCH)
         except StoreError as exc:
-            log_store_error(exc, "reaper of node %s failed", node.id)
+            log_store_error(exc, "reaper of node %s failed", node_id())
             continue
         for dead in reaped:
             last = to_datetime(dead.heartbeat_at).isoformat(timespec="seconds")

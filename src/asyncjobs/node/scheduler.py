@@ -9,29 +9,33 @@ fires a fire time and the others find it handled; each node then moves on to the
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterable
 
 import anyio
 
-from ..clock import to_datetime
+from ..clock import Clock, to_datetime
 from ..errors import StoreError
+from ..schedules import ScheduleDef
+from ..store.base import Store
 from .store_errors import log_store_error
-
-if TYPE_CHECKING:
-    from ..schedules import ScheduleDef
-    from .node import Node
 
 log = logging.getLogger("asyncjobs.node")
 
 RETRY_S = 1.0  # after a failed attempt to fire a schedule
 
 
-async def run_scheduler(node: Node) -> None:
-    schedules = [s for s in node.app.schedules.values() if s.template.queue in node.queue_limit]
+def served(schedules: Iterable[ScheduleDef], queues: Collection[str]) -> list[ScheduleDef]:
+    """The schedules a node serving ``queues`` fires: those whose runs go to one of them."""
+    return [s for s in schedules if s.template.queue in queues]
+
+
+async def run_scheduler(
+    store: Store, clock: Clock, schedules: list[ScheduleDef], poll_interval_s: float
+) -> None:
+    """Fire ``schedules`` when due, until cancelled."""
     if not schedules:
         return
-    clock, store = node.clock, node.store
-    await _sync(node, schedules)
+    await _sync(store, clock, schedules)
     queued = [s.name for s in schedules if s.overlap == "queue"]
     due_at = {s.name: 0.0 for s in schedules}  # fire each one's backlog (if any) at once
     while True:
@@ -64,15 +68,15 @@ async def run_scheduler(node: Node) -> None:
                     exc, "cannot queue the waiting runs of schedules %s", ",".join(queued)
                 )
         wait = min(due_at.values()) - clock.time()
-        await anyio.sleep(min(max(wait, 0.0), node.settings.poll_interval_s))
+        await anyio.sleep(min(max(wait, 0.0), poll_interval_s))
 
 
-async def _sync(node: Node, schedules: list[ScheduleDef]) -> None:
+async def _sync(store: Store, clock: Clock, schedules: list[ScheduleDef]) -> None:
     """Record the declarations in the store, retrying until the database answers."""
     while True:
         try:
             for defn in schedules:
-                await node.store.sync_schedule(defn, node.clock.time())
+                await store.sync_schedule(defn, clock.time())
             return
         except StoreError as exc:
             log_store_error(exc, "cannot record the schedule declarations")

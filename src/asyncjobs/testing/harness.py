@@ -177,7 +177,7 @@ class Harness:
             await app.start(node=False)
             node = Node(app, app.store, app.settings, self._pool)
             await app.store.register_node(node.info)
-            for defn in self._schedules(node):
+            for defn in node.schedules():
                 await app.store.sync_schedule(defn, self.clock.time())
         except BaseException:
             await self._close()
@@ -212,9 +212,6 @@ class Harness:
             pool, self._pool = self._pool, None
             if pool is not None:
                 await pool.close()
-
-    def _schedules(self, node: Node) -> list[Any]:
-        return [s for s in self.app.schedules.values() if s.template.queue in node.queue_limit]
 
     # -- running -------------------------------------------------------------------------------
 
@@ -293,7 +290,7 @@ class Harness:
 
     async def _fire_schedules(self, node: Node, now: float) -> bool:
         fired = False
-        schedules = self._schedules(node)
+        schedules = node.schedules()
         for defn in schedules:
             done = await self.app.store.fire_schedule(defn, now)
             fired = fired or bool(done is not None and done.runs)
@@ -305,7 +302,7 @@ class Harness:
     async def _next_due(self, node: Node) -> float | None:
         now = self.clock.time()
         due = (await self.app.store.promote_due(now, 0)).next_run_at
-        for defn in self._schedules(node):
+        for defn in node.schedules():
             nxt = defn.next_fire_after(now)
             if nxt is not None and (due is None or nxt < due):
                 due = nxt

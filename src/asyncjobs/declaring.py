@@ -11,9 +11,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 from .app_state import AppState
 from .errors import ConfigurationError, ScheduleDefinitionError, UnknownJobError
 from .ids import new_id
-from .jobs import JobDef, Retry, Signature, register_job
+from .jobs import JobDef, Retry, Signature
 from .node.hooks import check_hook
 from .prepare import prepare
+from .registration import register_job
 from .schedules import DEFAULT_MAX_CATCHUP, DEFAULT_MISFIRE_GRACE_S, ScheduleDef, make_schedule
 from .settings import Settings
 

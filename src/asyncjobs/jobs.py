@@ -1,4 +1,4 @@
-"""The job model: states, retry policy, job definitions, signatures, records, and the context.
+"""The job model: states, retry policy, job definitions, records, and the context a job gets.
 
 See DESIGN §3. A job definition is an ``async def``, which runs on the node's event loop as one
 task, or a function declared ``isolated=True``, which runs in a pool worker process (see
@@ -13,22 +13,20 @@ import math
 import random
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from types import MappingProxyType
-from typing import Any, Generic, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
-from .errors import ConfigurationError, IsolationError, JobDefinitionError
-from .limits import JobLimits, declare_limits
-from .storable import text_problem
+from .errors import ConfigurationError, IsolationError
+from .limits import JobLimits
+from .signatures import Signature, iter_signatures
 
 JobId = uuid.UUID
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_EMPTY_KWARGS: Mapping[str, Any] = MappingProxyType({})
 PRIORITY_MIN = -32768  # priorities are stored as smallint; higher runs first
 PRIORITY_MAX = 32767
 
@@ -98,66 +96,6 @@ class Retry:
         return isinstance(exc, self.on)
 
 
-class Signature(NamedTuple):
-    """A job call not yet enqueued: the job's name, its arguments, and per-call options.
-
-    Build one with ``job.s(*args, **kwargs)`` or ``app.signature(name, *args, **kwargs)``, and
-    pass a list of them to ``app.enqueue_many``. Options are set with ``.set(...)``. (A named
-    tuple rather than a dataclass: ``enqueue_many`` callers build tens of thousands of them.)
-    """
-
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = _EMPTY_KWARGS
-    queue: str | None = None
-    priority: int | None = None
-    run_at: datetime | None = None
-    delay: timedelta | float | None = None
-    unique_key: str | None = None
-    # In a workflow: True (``job.si(...)``) keeps the parent's result out of its arguments.
-    immutable: bool = False
-    concurrency_key: str | None = None  # overrides the job's own (see asyncjobs.limits)
-    concurrency_limit: int | None = None
-
-    def __or__(self, other: Any) -> Any:
-        """``a | b`` is ``chain(a, b)``: ``b`` runs after ``a``, with its result."""
-        from .workflows import Chain, chain
-
-        if isinstance(other, Chain):
-            return Chain((self, *other.steps))
-        return chain(self, other)
-
-    def set(
-        self,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        run_at: datetime | None = None,
-        delay: timedelta | float | None = None,
-        unique_key: str | None = None,
-    ) -> Signature:
-        """A copy with the given options replaced (None keeps the current value)."""
-        return self._replace(
-            queue=queue if queue is not None else self.queue,
-            priority=priority if priority is not None else self.priority,
-            run_at=run_at if run_at is not None else self.run_at,
-            delay=delay if delay is not None else self.delay,
-            unique_key=unique_key if unique_key is not None else self.unique_key,
-        )
-
-    @property
-    def has_options(self) -> bool:
-        return not (
-            self.queue is None
-            and self.priority is None
-            and self.run_at is None
-            and self.delay is None
-            and self.unique_key is None
-            and self.concurrency_key is None
-            and self.concurrency_limit is None
-        )
-
-
 class JobDef(Generic[P, R]):
     """A registered job: the function plus its declared options.
 
@@ -206,117 +144,6 @@ class JobDef(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<JobDef {self.name!r} queue={self.queue!r}>"
-
-
-def register_job(
-    registry: dict[str, JobDef[Any, Any]],
-    fn: Callable[P, Awaitable[R]],
-    *,
-    name: str | None,
-    queue: str | None,
-    priority: int,
-    timeout: float | None,
-    soft_timeout: float | None,
-    retry: Retry | None,
-    isolated: bool = False,
-    concurrency_key: str | None = None,
-    concurrency_limit: int | None = None,
-    rate_limit: str | None = None,
-    rate_limit_key: str | None = None,
-) -> JobDef[P, R]:
-    """Validate a declaration and add it to ``registry`` (what ``App.job`` does)."""
-    job_name = name if name is not None else getattr(fn, "__name__", repr(fn))
-    job_queue = queue if queue is not None else "default"
-    validate_job_options(
-        job_name, fn, queue=job_queue, priority=priority, timeout=timeout,
-        soft_timeout=soft_timeout, retry=retry, isolated=isolated,
-    )  # fmt: skip
-    existing = registry.get(job_name)
-    if existing is not None and existing.fn is not fn:
-        raise JobDefinitionError(
-            job_name,
-            f"{_where(fn)} and {_where(existing.fn)} both use this name; pass name=... to one "
-            "of them",
-        )
-    limits = declare_limits(
-        job_name, fn, concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
-        rate_limit=rate_limit, rate_limit_key=rate_limit_key,
-    )  # fmt: skip
-    definition = JobDef(
-        fn, name=job_name, queue=job_queue, priority=priority, timeout=timeout,
-        soft_timeout=soft_timeout, retry=retry, isolated=isolated, limits=limits,
-    )  # fmt: skip
-    registry[job_name] = definition
-    return definition
-
-
-def _where(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def validate_job_options(
-    name: str,
-    fn: Callable[..., Any],
-    *,
-    queue: str,
-    priority: int,
-    timeout: float | None,
-    soft_timeout: float | None,
-    retry: Retry | None,
-    isolated: bool = False,
-) -> None:
-    """Raise ``JobDefinitionError`` for a declaration that cannot run."""
-    from .settings import check_queue_name, check_seconds
-
-    if isolated is not True and isolated is not False:
-        raise JobDefinitionError(str(name), f"isolated={isolated!r} is not True or False")
-    if isolated:
-        _check_importable(str(name), fn)
-    elif not inspect.iscoroutinefunction(fn):
-        raise JobDefinitionError(
-            name,
-            "it is a plain function, and a plain function would block the event loop that runs "
-            "every other job. Make it `async def`, or declare it `@app.job(isolated=True)` to "
-            "run it in a pool worker process (for CPU-heavy or untrusted code).",
-        )
-    if not isinstance(name, str) or not 1 <= len(name) <= 200:
-        raise JobDefinitionError(str(name), "a job name is a string of 1 to 200 characters")
-    if why := text_problem(name):
-        raise JobDefinitionError(name, f"its name cannot be stored: {why}")
-    try:
-        check_queue_name(queue)
-        for opt, value in (("timeout", timeout), ("soft_timeout", soft_timeout)):
-            if value is not None:
-                check_seconds(opt, value)
-    except ConfigurationError as exc:
-        raise JobDefinitionError(name, str(exc)) from None
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise JobDefinitionError(name, f"priority={priority!r} is not a whole number")
-    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise JobDefinitionError(
-            name, f"priority={priority} is outside {PRIORITY_MIN}..{PRIORITY_MAX}"
-        )
-    if timeout is not None and soft_timeout is not None and soft_timeout >= timeout:
-        raise JobDefinitionError(
-            name,
-            f"soft_timeout ({soft_timeout:g} s) must be shorter than timeout ({timeout:g} s): "
-            "the soft limit asks the job to stop, the hard limit gives up on it",
-        )
-    if retry is not None and not isinstance(retry, Retry):
-        raise JobDefinitionError(name, f"retry={retry!r} is not a Retry(...) policy")
-
-
-def _check_importable(name: str, fn: Callable[..., Any]) -> None:
-    """An isolated job is found again in the zygote by module and name: it must be reachable."""
-    if not callable(fn):
-        raise JobDefinitionError(name, f"{fn!r} is not a function")
-    qualname = getattr(fn, "__qualname__", "")
-    if not qualname or "<" in qualname:
-        raise JobDefinitionError(
-            name,
-            f"an isolated job must be a module-level function, and {qualname or fn!r} is "
-            "defined inside another function: the pool's zygote imports it by module and name",
-        )
 
 
 def wants_context(fn: Callable[..., Any]) -> bool:
@@ -529,11 +356,18 @@ def coerce_job_id(value: JobId | str) -> JobId:
         raise ValueError(f"{value!r} is not a job id (expected a UUID)") from None
 
 
-def iter_signatures(items: Sequence[Signature]) -> Sequence[Signature]:
-    for item in items:
-        if not isinstance(item, Signature):
-            raise TypeError(
-                f"enqueue_many expects signatures (job.s(...) or app.signature(...)), "
-                f"got {type(item).__name__}"
-            )
-    return items
+__all__ = [  # Signature and iter_signatures live in signatures.py, and are named here too
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "ContextApp",
+    "JobContext",
+    "JobDef",
+    "JobId",
+    "JobRecord",
+    "JobState",
+    "Retry",
+    "Signature",
+    "coerce_job_id",
+    "iter_signatures",
+    "wants_context",
+]

@@ -2,7 +2,7 @@
 
 The job's task on the node only waits: for a worker, then for the worker's reply. Stopping
 it (cancel, time limits, shutdown) signals the worker rather than cancelling the task; see
-``Node._stop_job``. The outcome follows DESIGN §10: a worker that dies mid-job fails only that
+``stopping.stop_job``. The outcome follows DESIGN §10: a worker that dies mid-job fails only that
 job (retried if the job's policy has attempts left, whatever exception types it names), and
 the pool replaces the worker at once.
 """

@@ -26,14 +26,12 @@ import anyio
 from ..clock import Clock
 from ..ids import new_id
 from ..jobs import ContextApp, JobDef, JobId, coerce_job_id
-from ..pool.worker import CANCEL_SIGNAL, SOFT_SIGNAL
 from ..schedules import ScheduleDef
 from ..settings import Settings
 from ..store.base import ClaimedJob, NodeInfo, Outcome, Store, StoreEvent
 from ..version import __version__
 from .completer import Completer
 from .execution import (
-    abandoned_outcome,
     execute,
     inputs_too_large_outcome,
     stopped_outcome,
@@ -43,6 +41,7 @@ from .fetcher import Fetcher
 from .heartbeat import beat, run_heartbeat
 from .hooks import Hook, Hooks
 from .isolated import execute_isolated
+from .liveness import Liveness
 from .metrics import NodeMetrics
 from .promoter import Promoter
 from .pruner import run_pruner
@@ -50,12 +49,11 @@ from .reaper import run_reaper
 from .running import (
     STOP_CANCEL,
     STOP_SHUTDOWN,
-    STOP_SOFT_TIMEOUT,
-    STOP_TIMEOUT,
     RunningJob,
 )
 from .scheduler import run_scheduler, served
 from .stats import NodeStats
+from .stopping import abandon, arm_deadlines, stop_job
 
 if TYPE_CHECKING:
     from ..pool.pool import ProcessPool
@@ -120,9 +118,7 @@ class Node:
         self._shutdown_grace = settings.shutdown_grace_s
         self._drain_scope: anyio.CancelScope | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
-        self._last_heartbeat = time.monotonic()  # registration counts as the first heartbeat
-        self._fenced = False
-        self._heartbeat_ok = anyio.Event()
+        self.liveness = Liveness(settings.node_timeout_s, self._current_id)
         self.hooks = Hooks(app.hooks, settings.hook_timeout_s, self.id) if app.hooks else None
         self.metrics = (
             NodeMetrics(
@@ -143,7 +139,7 @@ class Node:
     ) -> None:
         """Run until ``stop()``; then drain, flush and deregister."""
         await self.store.register_node(self.info)
-        self._last_heartbeat = time.monotonic()
+        self.liveness.registered()
         log.info(
             "node %s started: queues %s, concurrency %d, store %s",
             self.id,
@@ -247,11 +243,11 @@ class Node:
                 len(self.running),
             )
             for job in list(self.running.values()):
-                self._stop_job(job, STOP_SHUTDOWN)
+                stop_job(self, job, STOP_SHUTDOWN)
             with anyio.move_on_after(self.settings.cancel_grace_s):
                 await self._idle.wait()
             for job in list(self.running.values()):
-                self._abandon(job)
+                abandon(self, job)
 
     def _current_id(self) -> JobId:
         return self.id  # a new one after a rejoin
@@ -269,29 +265,13 @@ class Node:
     def may_claim(self) -> bool:
         """False once the node has gone ``node_timeout_s`` without a heartbeat: other nodes
         may have reaped it, so it takes no new work until a heartbeat says it is alive."""
-        silent = time.monotonic() - self._last_heartbeat
-        if silent <= self.settings.node_timeout_s:
-            return True
-        if not self._fenced:
-            self._fenced = True
-            log.error(
-                "node %s has not heartbeated for %.0f s (node_timeout_s is %g): it may have "
-                "been reaped, so it stops claiming until a heartbeat succeeds; running jobs "
-                "go on and their outcomes stay buffered", self.id, silent,
-                self.settings.node_timeout_s,
-            )  # fmt: skip
-        return False
+        return self.liveness.may_claim()
 
     def heartbeat_succeeded(self) -> None:
-        self._last_heartbeat = time.monotonic()
-        if self._fenced:
-            self._fenced = False
-            log.warning("node %s heartbeats again: claiming resumes", self.id)
-        self._heartbeat_ok.set()
+        self.liveness.heartbeat_succeeded()
 
     async def wait_until_heartbeat_succeeds(self) -> None:
-        self._heartbeat_ok = anyio.Event()
-        await self._heartbeat_ok.wait()
+        await self.liveness.wait_until_heartbeat_succeeds()
 
     async def rejoin(self) -> None:
         """This node was reaped while cut off: its running jobs now belong to the reaper's
@@ -320,7 +300,7 @@ class Node:
         if not self._release(job):
             return
         if job.task is not None and not job.task.done():
-            self._let_go(job.task, "node reaped")
+            self.let_go(job.task, "node reaped")
 
     # -- running jobs ----------------------------------------------------------------------------
 
@@ -348,7 +328,7 @@ class Node:
             return
         job.task = loop.create_task(run(self, job, claimed.args))
         if definition.soft_timeout is not None or definition.timeout is not None:
-            self._arm_deadlines(job, loop)
+            arm_deadlines(self, job, loop)
 
     async def _start_later(
         self, job: RunningJob, delay: float, run: Any, args: bytes | None
@@ -363,7 +343,7 @@ class Node:
         definition = job.definition
         assert definition is not None
         if definition.soft_timeout is not None or definition.timeout is not None:
-            self._arm_deadlines(job, asyncio.get_running_loop())
+            arm_deadlines(self, job, asyncio.get_running_loop())
         await run(self, job, args)
 
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
@@ -409,82 +389,20 @@ class Node:
             self._idle.set()
         return True
 
-    def _let_go(self, task: asyncio.Task[None], msg: str | None = None) -> None:
+    def let_go(self, task: asyncio.Task[None], msg: str | None = None) -> None:
         """Cancel a task the node no longer waits for, keeping a reference until it ends."""
         task.cancel(msg)
         self._abandoned.add(task)
         task.add_done_callback(self._abandoned.discard)
 
-    # -- stopping jobs: cancel requests, time limits, shutdown ----------------------------------
-
-    def _arm_deadlines(self, job: RunningJob, loop: asyncio.AbstractEventLoop) -> None:
-        definition = job.definition
-        assert definition is not None
-        now = loop.time()
-        soft, hard = definition.soft_timeout, definition.timeout
-        handles = []
-        if soft is not None:
-            handles.append(loop.call_at(now + soft, self._stop_job, job, STOP_SOFT_TIMEOUT))
-        elif hard is not None:
-            handles.append(loop.call_at(now + hard, self._stop_job, job, STOP_TIMEOUT))
-        if soft is not None and hard is not None:
-            handles.append(loop.call_at(now + hard, self._abandon, job))
-        job.handles = handles
-
-    def _stop_job(self, job: RunningJob, reason: str) -> None:
-        """Cancel a job's task, remembering why; abandon it if it ignores that for too long.
-
-        An isolated job that has a worker is told by a signal instead, which raises inside it;
-        at its hard limit its worker is killed at once.
-        """
-        if job.finished or job.task is None:
-            return
-        if job.stop_reason is None or reason == STOP_CANCEL:
-            job.stop_reason = reason
-        if reason == STOP_CANCEL and job.ctx is not None:
-            job.ctx._cancel_requested = True
-        worker = job.worker
-        if worker is None:
-            job.task.cancel(reason)
-        elif reason == STOP_TIMEOUT:
-            self._abandon(job)
-            return
-        else:
-            worker.signal(SOFT_SIGNAL if reason == STOP_SOFT_TIMEOUT else CANCEL_SIGNAL)
-            if reason == STOP_SOFT_TIMEOUT and job.definition and job.definition.timeout:
-                return  # the hard limit, already armed, kills the worker
-        grace_handle = asyncio.get_running_loop().call_later(
-            self.settings.cancel_grace_s, self._abandon, job
-        )
-        job.handles = [*(job.handles or []), grace_handle]
-
-    def _abandon(self, job: RunningJob) -> None:
-        if job.finished:
-            return
-        if job.worker is not None:
-            log.error(
-                "isolated job %s (%s) did not stop (%s); killing its worker process %d",
-                job.name, job.id, job.stop_reason or "time limit", job.worker.pid,
-            )  # fmt: skip
-            job.worker.kill()  # its task sees the worker die, and the pool replaces it
-        elif job.task is not None and not job.task.done():
-            log.error(
-                "job %s (%s) did not stop within %g s of being asked (%s); abandoning it: its "
-                "slot is freed and its outcome recorded, whatever it does later is ignored",
-                job.name,
-                job.id,
-                self.settings.cancel_grace_s,
-                job.stop_reason or "time limit",
-            )
-            self._let_go(job.task)
-        self.finish(job, abandoned_outcome(self, job))
+    # -- stopping jobs: cancel requests (the rest is in stopping.py) --------------------------
 
     def cancel_running(self, job_ids: list[JobId]) -> None:
         for job_id in job_ids:
             job = self.running.get(job_id)
             if job is not None and job.stop_reason != STOP_CANCEL:
                 log.info("cancelling job %s (%s) on request", job.name, job.id)
-                self._stop_job(job, STOP_CANCEL)
+                stop_job(self, job, STOP_CANCEL)
 
     # -- events from the store -------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from cronsim import CronSim, CronSimError
 
 from .errors import ScheduleDefinitionError
 from .storable import text_problem
-from .store.base import NewJob
+from .store.rows import NewJob
 
 MISSED_POLICIES = ("skip", "latest", "all")
 OVERLAP_POLICIES = ("allow", "skip", "queue")

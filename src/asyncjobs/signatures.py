@@ -1,15 +1,19 @@
-"""``Signature``: a job call not yet enqueued, and the checks on a list of them.
+"""``Signature``: a job call not yet enqueued, and how calls compose: ``chain``, ``group`` and
+``chord`` (``a | b`` is a chain).
 
-Kept apart from jobs.py so that the job model and the builders (workflows.py) can both use
-it; ``a | b`` builds a chain, which workflows.py defines.
+Kept apart from jobs.py and workflows.py, which both build on it: jobs.py makes signatures
+(``job.s(...)``), workflows.py turns a composition into steps and edges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, NamedTuple
+
+from .errors import WorkflowError
 
 _EMPTY_KWARGS: Mapping[str, Any] = MappingProxyType({})
 
@@ -37,8 +41,6 @@ class Signature(NamedTuple):
 
     def __or__(self, other: Any) -> Any:
         """``a | b`` is ``chain(a, b)``: ``b`` runs after ``a``, with its result."""
-        from .workflows import Chain, chain
-
         if isinstance(other, Chain):
             return Chain((self, *other.steps))
         return chain(self, other)
@@ -82,3 +84,89 @@ def iter_signatures(items: Sequence[Signature]) -> Sequence[Signature]:
                 f"got {type(item).__name__}"
             )
     return items
+
+
+# -- builders ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Steps run one after the other; each receives the previous step's result."""
+
+    steps: tuple[Item, ...]
+
+    def __or__(self, other: Item) -> Chain:
+        if isinstance(other, Chain):
+            return Chain((*self.steps, *other.steps))
+        return Chain((*self.steps, check_item(other, "chain")))
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Members run in parallel; what follows a group receives their results as a list."""
+
+    members: tuple[Item, ...]
+
+    def __or__(self, other: Item) -> Chain:
+        return chain(self, other)
+
+
+@dataclass(frozen=True, slots=True)
+class Chord:
+    """A group, then a callback that receives the group's results as a list, in order."""
+
+    header: Group
+    body: Item
+
+    def __or__(self, other: Item) -> Chain:
+        return chain(self, other)
+
+
+Item = Signature | Chain | Group | Chord
+_ITEM_TYPES = (Signature, Chain, Group, Chord)
+
+
+def chain(*steps: Item) -> Chain:
+    """``chain(a, b, c)``: run ``a``, then ``b`` with ``a``'s result first, then ``c``."""
+    if len(steps) == 1 and _is_iterable(steps[0]):
+        steps = tuple(steps[0])  # type: ignore[arg-type]
+    if not steps:
+        raise WorkflowError(None, "chain() needs at least one step")
+    return Chain(tuple(check_item(s, "chain") for s in steps))
+
+
+def group(*members: Item | Iterable[Item]) -> Group:
+    """``group(a, b, c)`` or ``group(job.s(x) for x in xs)``: run the members in parallel."""
+    items: Sequence[Any] = members
+    if len(members) == 1 and _is_iterable(members[0]):
+        items = tuple(members[0])  # type: ignore[arg-type]
+    if not items:
+        raise WorkflowError(
+            None, "group() is empty: a group needs at least one member (check the list it was "
+            "built from)",
+        )  # fmt: skip
+    return Group(tuple(check_item(m, "group") for m in items))
+
+
+def chord(header: Group | Iterable[Item], body: Item) -> Chord:
+    """``chord(group, callback)``: run ``callback`` with the list of the group's results."""
+    head = header if isinstance(header, Group) else group(header)
+    return Chord(head, check_item(body, "chord callback"))
+
+
+def _is_iterable(value: Any) -> bool:
+    return not isinstance(value, _ITEM_TYPES) and isinstance(value, Iterable)
+
+
+def check_item(value: Any, where: str) -> Item:
+    """``value`` if it is a signature or a composition of them; else a WorkflowError."""
+    if isinstance(value, _ITEM_TYPES):
+        return value
+    hint = ""
+    if callable(getattr(value, "s", None)) and isinstance(getattr(value, "name", None), str):
+        hint = f" (write {value.name}.s(...) to make a signature of it)"  # a JobDef
+    raise WorkflowError(
+        None,
+        f"a {where} takes signatures (job.s(...)), chains, groups or chords, not "
+        f"{type(value).__name__} {value!r}{hint}",
+    )

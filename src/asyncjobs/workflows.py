@@ -35,6 +35,7 @@ from .ids import new_id
 from .jobs import JobDef, JobId, Signature
 from .prepare import prepare
 from .serialization import compact
+from .signatures import Chain, Chord, Group, Item, chain, check_item, chord, group
 from .storable import text_problem
 from .store.base import Edge, NewWorkflow, StepFailure, WorkflowInfo, WorkflowJob
 
@@ -45,91 +46,6 @@ MAX_FAILURES_SHOWN = 100  # a status lists at most this many failed steps
 # A step receives: None (nothing), "one" (its parent's result) or "list" (its parents').
 PASS_ONE = "one"
 PASS_LIST = "list"
-
-
-# -- builders ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Chain:
-    """Steps run one after the other; each receives the previous step's result."""
-
-    steps: tuple[Item, ...]
-
-    def __or__(self, other: Item) -> Chain:
-        if isinstance(other, Chain):
-            return Chain((*self.steps, *other.steps))
-        return Chain((*self.steps, _check_item(other, "chain")))
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Members run in parallel; what follows a group receives their results as a list."""
-
-    members: tuple[Item, ...]
-
-    def __or__(self, other: Item) -> Chain:
-        return chain(self, other)
-
-
-@dataclass(frozen=True, slots=True)
-class Chord:
-    """A group, then a callback that receives the group's results as a list, in order."""
-
-    header: Group
-    body: Item
-
-    def __or__(self, other: Item) -> Chain:
-        return chain(self, other)
-
-
-Item = Signature | Chain | Group | Chord
-_ITEM_TYPES = (Signature, Chain, Group, Chord)
-
-
-def chain(*steps: Item) -> Chain:
-    """``chain(a, b, c)``: run ``a``, then ``b`` with ``a``'s result first, then ``c``."""
-    if len(steps) == 1 and _is_iterable(steps[0]):
-        steps = tuple(steps[0])  # type: ignore[arg-type]
-    if not steps:
-        raise WorkflowError(None, "chain() needs at least one step")
-    return Chain(tuple(_check_item(s, "chain") for s in steps))
-
-
-def group(*members: Item | Iterable[Item]) -> Group:
-    """``group(a, b, c)`` or ``group(job.s(x) for x in xs)``: run the members in parallel."""
-    items: Sequence[Any] = members
-    if len(members) == 1 and _is_iterable(members[0]):
-        items = tuple(members[0])  # type: ignore[arg-type]
-    if not items:
-        raise WorkflowError(
-            None, "group() is empty: a group needs at least one member (check the list it was "
-            "built from)",
-        )  # fmt: skip
-    return Group(tuple(_check_item(m, "group") for m in items))
-
-
-def chord(header: Group | Iterable[Item], body: Item) -> Chord:
-    """``chord(group, callback)``: run ``callback`` with the list of the group's results."""
-    head = header if isinstance(header, Group) else group(header)
-    return Chord(head, _check_item(body, "chord callback"))
-
-
-def _is_iterable(value: Any) -> bool:
-    return not isinstance(value, _ITEM_TYPES) and isinstance(value, Iterable)
-
-
-def _check_item(value: Any, where: str) -> Item:
-    if isinstance(value, _ITEM_TYPES):
-        return value
-    hint = ""
-    if isinstance(value, JobDef):
-        hint = f" (write {value.name}.s(...) to make a signature of it)"
-    raise WorkflowError(
-        None,
-        f"a {where} takes signatures (job.s(...)), chains, groups or chords, not "
-        f"{type(value).__name__} {value!r}{hint}",
-    )
 
 
 # -- the general DAG ----------------------------------------------------------------------------
@@ -238,7 +154,7 @@ def build(item: Workflow | Item, name: str | None = None) -> Workflow:
             item.name = name
         return item
     wf = Workflow(name)
-    _place(wf, _check_item(item, "workflow"), [], None)
+    _place(wf, check_item(item, "workflow"), [], None)
     return wf
 
 
@@ -451,3 +367,25 @@ def status_from(info: WorkflowInfo, failures: list[StepFailure]) -> WorkflowStat
         info.id, info.name, state, counts, sum(counts.values()), failures,
         to_datetime(info.created_at), info.sinks,
     )  # fmt: skip
+
+
+__all__ = [  # the builders live in signatures.py, beside Signature, and are named here too
+    "MAX_FAILURES_SHOWN",
+    "MAX_KEY_CHARS",
+    "PASS_LIST",
+    "PASS_ONE",
+    "Chain",
+    "Chord",
+    "Group",
+    "Item",
+    "Step",
+    "Workflow",
+    "WorkflowId",
+    "WorkflowStatus",
+    "build",
+    "chain",
+    "chord",
+    "group",
+    "prepare_workflow",
+    "status_from",
+]

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigurationError
-from .cli import TOKEN_ENV
+from .defaults import TOKEN_ENV
 from .params import BadRequest
 
 MIN_TOKEN_CHARS = 16  # shorter tokens can be guessed; `secrets.token_urlsafe()` makes 43

@@ -16,9 +16,8 @@ from typing import Any
 
 import anyio
 
-DEFAULT_HOST = "127.0.0.1"  # only this machine, unless --host says otherwise
-DEFAULT_PORT = 8700
-TOKEN_ENV = "ASYNCJOBS_DASHBOARD_TOKEN"
+from .defaults import DEFAULT_HOST, DEFAULT_PORT, TOKEN_ENV
+
 EXTRA_MODULES = ("starlette", "jinja2", "uvicorn")  # what asyncjobs[dashboard] installs
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -52,7 +51,7 @@ def load_server(
 ) -> tuple[Any, str, Any]:
     """The ``serve`` function, the checked token and a socket listening on host:port, or a
     ``CliError`` that says what to do (install the extra, give a token, free the port)."""
-    from ..cli import CliError
+    from ..cli.common import CliError
 
     try:
         from .auth import check_token
@@ -70,7 +69,7 @@ def load_server(
 
 
 async def cmd_dashboard(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_OK, _open_store
+    from ..cli.common import EXIT_OK, _open_store
 
     serve, token, sock = load_server(args.token, args.host, args.port)
     stop = anyio.Event()

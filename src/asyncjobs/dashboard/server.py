@@ -19,7 +19,7 @@ import uvicorn
 from ..errors import ConfigurationError
 from ..store.base import Store
 from .app import DEFAULT_TITLE, create_app
-from .cli import DEFAULT_HOST, DEFAULT_PORT
+from .defaults import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("asyncjobs.dashboard")
 

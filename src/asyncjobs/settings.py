@@ -13,13 +13,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .serialization import DEFAULT_MAX_PAYLOAD_BYTES
+from .setting_values import (
+    MEMORY_DSN,
+    check_dsn,
+    check_int,
+    check_off_or_at_least,
+    check_queue_name,
+    check_seconds,
+    format_queues,
+    mask_dsn,
+    parse_queues,
+)
 
 DEFAULT_DSN = None  # no default: a node must be told where its database is
-MEMORY_DSN = "memory://"  # the in-process MemoryStore; nothing persists
 DEFAULT_SCHEMA = "public"
 DEFAULT_TABLE_PREFIX = "asyncjobs_"
 DEFAULT_QUEUE = "default"
@@ -55,9 +64,6 @@ ENV_NOT_SETTINGS = frozenset({"ASYNCJOBS_APP", "ASYNCJOBS_LOG_LEVEL", "ASYNCJOBS
 ENV_TEST_PREFIX = "ASYNCJOBS_TEST_"
 
 _NAME_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}")  # used with fullmatch
-_QUEUE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # used with fullmatch
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
-_MAX_SECONDS = 365 * 24 * 3600.0  # a year: beyond that a duration is a typo, not a plan
 _MAX_CONCURRENCY = 1_000_000
 _MAX_SCHEMA_AND_PREFIX = 63 - len(".events")  # the channel is "<schema>.<prefix>events"
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")  # fullmatch
@@ -210,16 +216,16 @@ class Settings:
                 f"bytes); {self.schema!r} + {self.table_prefix!r} is "
                 f"{len(self.schema) + len(self.table_prefix)}",
             )
-        _check_int("concurrency", self.concurrency, 1, _MAX_CONCURRENCY)
-        _check_int("claim_batch_size", self.claim_batch_size, 1, 10_000)
-        _check_int("pool_min_size", self.pool_min_size, 1, 1000)
-        _check_int("pool_max_size", self.pool_max_size, 2, 1000)
+        check_int("concurrency", self.concurrency, 1, _MAX_CONCURRENCY)
+        check_int("claim_batch_size", self.claim_batch_size, 1, 10_000)
+        check_int("pool_min_size", self.pool_min_size, 1, 1000)
+        check_int("pool_max_size", self.pool_max_size, 2, 1000)
         if self.pool_min_size > self.pool_max_size:
             raise ConfigurationError(
                 "pool_min_size", self.pool_min_size, "it is larger than pool_max_size"
             )
-        _check_int("enqueue_batch_size", self.enqueue_batch_size, 1, 100_000)
-        _check_int("max_payload_bytes", self.max_payload_bytes, 64, 256 * 1024 * 1024)
+        check_int("enqueue_batch_size", self.enqueue_batch_size, 1, 100_000)
+        check_int("max_payload_bytes", self.max_payload_bytes, 64, 256 * 1024 * 1024)
         for name in (
             "poll_interval_s",
             "heartbeat_interval_s",
@@ -246,7 +252,7 @@ class Settings:
                 f"it must be at least twice heartbeat_interval_s ({self.heartbeat_interval_s:g}"
                 " s), or live nodes would be reaped between two heartbeats",
             )
-        _check_int("metrics_port", self.metrics_port, 0, 65535)
+        check_int("metrics_port", self.metrics_port, 0, 65535)
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise ConfigurationError(
                 "metrics_host", self.metrics_host, "give an address, such as 127.0.0.1"
@@ -269,7 +275,7 @@ class Settings:
                 raise ConfigurationError("queues", name, "this queue is listed twice")
             seen.add(name)
             if limit is not None:
-                _check_int(f"queues[{name!r}]", limit, 1, _MAX_CONCURRENCY)
+                check_int(f"queues[{name!r}]", limit, 1, _MAX_CONCURRENCY)
 
     def _validate_pool(self) -> None:
         for module in self.plugins:
@@ -277,8 +283,8 @@ class Settings:
                 raise ConfigurationError(
                     "plugins", module, "expected dotted module names, like plugins_example.cpu"
                 )
-        _check_int("workers_min", self.workers_min, 0, 1000)
-        _check_int("workers_max", self.workers_max, 1, 1000)
+        check_int("workers_min", self.workers_min, 0, 1000)
+        check_int("workers_max", self.workers_max, 1, 1000)
         if self.workers_min > self.workers_max:
             raise ConfigurationError(
                 "workers_min",
@@ -287,14 +293,14 @@ class Settings:
             )
         check_seconds("worker_idle_timeout_s", self.worker_idle_timeout_s)
         check_seconds("zygote_start_timeout_s", self.zygote_start_timeout_s)
-        _check_int("max_jobs_per_worker", self.max_jobs_per_worker, 1, 1_000_000_000)
-        _check_off_or_at_least("max_worker_uss_bytes", self.max_worker_uss_bytes, 16 * 1024**2)
-        _check_off_or_at_least(
+        check_int("max_jobs_per_worker", self.max_jobs_per_worker, 1, 1_000_000_000)
+        check_off_or_at_least("max_worker_uss_bytes", self.max_worker_uss_bytes, 16 * 1024**2)
+        check_off_or_at_least(
             "worker_address_space_bytes", self.worker_address_space_bytes, 256 * 1024**2
         )
-        _check_off_or_at_least("worker_cpu_seconds", self.worker_cpu_seconds, 1)
-        _check_int("worker_open_files", self.worker_open_files, 16, 1_048_576)
-        _check_off_or_at_least("worker_processes", self.worker_processes, 1)
+        check_off_or_at_least("worker_cpu_seconds", self.worker_cpu_seconds, 1)
+        check_int("worker_open_files", self.worker_open_files, 16, 1_048_576)
+        check_off_or_at_least("worker_processes", self.worker_processes, 1)
         if not isinstance(self.worker_user, str):
             raise ConfigurationError("worker_user", self.worker_user, "expected a user name")
         for name in self.worker_env:
@@ -330,105 +336,6 @@ def _known() -> str:
 
 def _unknown_setting(name: str) -> ConfigurationError:
     return ConfigurationError(name, "...", f"no setting has this name. Known settings: {_known()}")
-
-
-# -- value checks and parsing, shared with the CLI ----------------------------------------------
-
-
-def check_dsn(dsn: str) -> None:
-    """Raise ``ConfigurationError`` unless ``dsn`` is a Postgres URL or ``memory://``."""
-    if dsn == MEMORY_DSN:
-        return
-    shown = mask_dsn(dsn)
-    try:
-        parts = urlsplit(dsn)
-        parts.port  # noqa: B018 - parsing the port validates it
-    except ValueError as exc:
-        raise ConfigurationError("dsn", shown, f"it cannot be parsed ({exc})") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            "dsn",
-            shown,
-            "expected a URL like postgresql://user@host:5432/dbname (or memory:// for the "
-            "in-process store)",
-        )
-    if not parts.hostname and "host=" not in parts.query:
-        raise ConfigurationError("dsn", shown, "it names no host")
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password (in the address or as ``?password=``) replaced by ``***``."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return "<unparseable DSN>"
-    masked = parts
-    if parts.password is not None:
-        masked = masked._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
-    if parts.query:
-        masked = masked._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
-    # Rebuild only when something was hidden: geturl() also normalises (e.g. drops "//").
-    return dsn if masked == parts else masked.geturl()
-
-
-def check_queue_name(name: Any, *, field_name: str = "queue") -> None:
-    if not isinstance(name, str) or not _QUEUE_RE.fullmatch(name):
-        raise ConfigurationError(
-            field_name,
-            name,
-            "a queue name is 1 to 64 letters, digits, or any of _ . : -",
-        )
-
-
-def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(name, value, "expected a number of seconds")
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not low_ok or math.isnan(value):
-        raise ConfigurationError(
-            name, value, "must be zero or more" if allow_zero else "must be more than zero"
-        )
-    if value > _MAX_SECONDS:
-        raise ConfigurationError(name, value, "more than a year is surely a typo")
-
-
-def _check_off_or_at_least(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(name, value, "expected a whole number")
-    if value != 0 and not low <= value <= 2**62:
-        raise ConfigurationError(name, value, f"use 0 (no limit) or at least {low:,}")
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(name, value, "expected a whole number")
-    if not low <= value <= high:
-        raise ConfigurationError(name, value, f"must be between {low:,} and {high:,}")
-
-
-def parse_queues(spec: str) -> tuple[tuple[str, int | None], ...]:
-    """Parse ``"default,reports=5"`` into ``(("default", None), ("reports", 5))``."""
-    out: list[tuple[str, int | None]] = []
-    for raw in spec.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        name, sep, limit = item.partition("=")
-        name = name.strip()
-        if sep:
-            try:
-                out.append((name, int(limit)))
-            except ValueError:
-                raise ConfigurationError(
-                    "queues", spec, f"the limit of queue {name!r} is {limit!r}, not a number"
-                ) from None
-        else:
-            out.append((name, None))
-    return tuple(out)
-
-
-def format_queues(queues: tuple[tuple[str, int | None], ...]) -> str:
-    return ",".join(name if limit is None else f"{name}={limit}" for name, limit in queues)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -470,3 +377,15 @@ _SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool}
 _FIELD_TYPES: dict[str, type] = {
     f.name: _SCALARS[str(f.type)] for f in dataclasses.fields(Settings) if f.type in _SCALARS
 }
+
+
+__all__ = [  # the value checks live in setting_values.py; others import them from here too
+    "MEMORY_DSN",
+    "Settings",
+    "check_dsn",
+    "check_queue_name",
+    "check_seconds",
+    "format_queues",
+    "mask_dsn",
+    "parse_queues",
+]

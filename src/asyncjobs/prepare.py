@@ -123,7 +123,7 @@ def prepare_bulk(
                 payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
             except TypeError:
                 payload = b""
-            # serialization.might_not_store, inlined
+            # the byte tests of serialization.check_storable, inlined
             if (
                 payload
                 and len(payload) <= limit

@@ -107,12 +107,6 @@ def decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def might_not_store(data: bytes) -> bool:
-    """Whether encoded JSON may hold a value ``check_storable`` refuses (a cheap test on the
-    bytes: false means it certainly does not)."""
-    return b"null" in data or NUL_ESCAPE in data or b"e+" in data
-
-
 def check_storable(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, str]]) -> None:
     """Raise ``PayloadEncodeError`` for a value orjson encoded but Postgres would refuse or
     change; ``data`` is the encoding of ``roots``.
@@ -120,32 +114,33 @@ def check_storable(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, 
     The walks run only when the bytes show a sign of such a value: orjson writes NaN and the
     infinities as ``null``, U+0000 as its escape, and large floats with ``e+``.
     """
-    if b"null" in data:
-        for value, path in roots:
-            found = _find(value, path, _non_finite)
-            if found is not None:
-                raise PayloadEncodeError(
-                    job, what, found[0], "float (NaN or infinity)",
-                    " (JSON has no NaN or infinity)",
-                )  # fmt: skip
+    if b"null" in data and (found := _first(roots, _non_finite)):
+        raise PayloadEncodeError(
+            job, what, found[0], "float (NaN or infinity)", " (JSON has no NaN or infinity)"
+        )
     if NUL_ESCAPE in data:
         for value, path in roots:
             bad = _find_nul(value, path)
             if bad is not None:
                 raise PayloadEncodeError(job, what, bad, "str", why=_NUL_WHY)
-    if b"e+" in data:
-        for value, path in roots:
-            found = _find(value, path, _inexact_float)
-            if found is not None:
-                raise PayloadEncodeError(
-                    job, what, found[0], "float",
-                    why=(
-                        f"the float {found[1]!r} would come back from Postgres as an int "
-                        "(jsonb keeps numbers as decimals, and writes those from 1e16 up to "
-                        "2**64 without an exponent), and not always the same number. Send "
-                        "int(value) for a whole number, or the float as a string"
-                    ),
-                )  # fmt: skip
+    if b"e+" in data and (found := _first(roots, _inexact_float)):
+        raise PayloadEncodeError(
+            job, what, found[0], "float",
+            why=(
+                f"the float {found[1]!r} would come back from Postgres as an int (jsonb keeps "
+                "numbers as decimals, and writes those from 1e16 up to 2**64 without an "
+                "exponent), and not always the same number. Send int(value) for a whole "
+                "number, or the float as a string"
+            ),
+        )  # fmt: skip
+
+
+def _first(roots: Sequence[tuple[Any, str]], bad: Any) -> tuple[str, Any] | None:
+    for value, path in roots:
+        found = _find(value, path, bad)
+        if found is not None:
+            return found
+    return None
 
 
 def json_has_nul(data: bytes) -> bool:

@@ -36,6 +36,10 @@ from .errors import (
     ScheduleNotFoundError,
     SchemaNotReadyError,
     SoftTimeLimitExceeded,
+    StaleAttemptError,
+    StepError,
+    StepInDoubtError,
+    StepMismatchError,
     StoreError,
     StoreUnavailableError,
     UnknownJobError,
@@ -49,6 +53,7 @@ from .node.hooks import Event
 from .schedules import ScheduleDef
 from .settings import Settings
 from .store.memory import MemoryStore
+from .store.rows import StepRecord
 from .version import __version__
 from .workflows import (
     Chain,
@@ -108,7 +113,12 @@ __all__ = [
     "Settings",
     "Signature",
     "SoftTimeLimitExceeded",
+    "StaleAttemptError",
     "Step",
+    "StepError",
+    "StepInDoubtError",
+    "StepMismatchError",
+    "StepRecord",
     "StoreError",
     "StoreUnavailableError",
     "SystemClock",

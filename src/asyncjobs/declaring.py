@@ -56,6 +56,7 @@ class Declaring(AppState):
         concurrency_limit: int | None = None,
         rate_limit: str | None = None,
         rate_limit_key: str | None = None,
+        durable: bool = False,
     ) -> Callable[[Callable[P, Any]], JobDef[P, R]]: ...
 
     def job(
@@ -74,6 +75,7 @@ class Declaring(AppState):
         concurrency_limit: int | None = None,
         rate_limit: str | None = None,
         rate_limit_key: str | None = None,
+        durable: bool = False,
     ) -> JobDef[P, R] | Callable[[Callable[P, Any]], JobDef[P, R]]:
         """Register an ``async def`` as a job, or any function with ``isolated=True``.
 
@@ -93,6 +95,10 @@ class Declaring(AppState):
           node. A limit without a key limits this job as a whole.
         - ``rate_limit``: at most this many starts per period, across every node (``"100/m"``,
           ``"20/s"``), for this job, or for every job sharing ``rate_limit_key``.
+        - ``durable``: the job resumes after its node dies instead of ending ``lost``: it runs
+          again, even with no retries left, and its completed steps (``ctx.step``) return
+          their stored results instead of running again. ``ctx.sleep`` and ``ctx.wait_for``
+          park it (it gives back its slot). See "Durable jobs" in the README.
         """
 
         def register(f: Callable[P, Any]) -> JobDef[P, R]:
@@ -100,7 +106,7 @@ class Declaring(AppState):
                 self.registry, f, name=name, queue=queue, priority=priority, timeout=timeout,
                 soft_timeout=soft_timeout, retry=retry, isolated=isolated,
                 concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
-                rate_limit=rate_limit, rate_limit_key=rate_limit_key,
+                rate_limit=rate_limit, rate_limit_key=rate_limit_key, durable=durable,
             )  # fmt: skip
 
         return register(fn) if fn is not None else register

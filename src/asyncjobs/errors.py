@@ -108,12 +108,14 @@ class PayloadEncodeError(PayloadError, TypeError):
         hint: str = "",
         *,
         why: str | None = None,
+        step: str | None = None,
     ) -> None:
         self.job = job
         self.what = what
         self.path = path
         self.type_name = type_name
         self.why = why
+        self.step = step  # the step of the job whose value it is (ctx.step), if any
         if why is None:
             why = (
                 f"a value of type {type_name} is not JSON. Pass only str, int, float, bool, "
@@ -121,22 +123,29 @@ class PayloadEncodeError(PayloadError, TypeError):
             )
         shown = path if len(path) <= 200 else f"{path[:120]}...{path[-60:]}"
         where = shown if shown.startswith(what) else f"{what} {shown}"  # not "result result"
-        super().__init__(f"cannot encode {where} of job {job!r}: {why}.")
+        super().__init__(f"cannot encode {where} of {_owner(job, step)}: {why}.")
 
 
 class PayloadTooLargeError(PayloadError, ValueError):
     """An encoded payload is over the size limit."""
 
-    def __init__(self, job: str, what: str, size: int, limit: int) -> None:
+    def __init__(
+        self, job: str, what: str, size: int, limit: int, *, step: str | None = None
+    ) -> None:
         self.job = job
         self.what = what
         self.size = size
         self.limit = limit
+        self.step = step
         super().__init__(
-            f"the {what} of job {job!r} encode to {size:,} bytes, over the limit of "
+            f"the {what} of {_owner(job, step)} encode to {size:,} bytes, over the limit of "
             f"{limit:,} bytes (max_payload_bytes). Store large data elsewhere (a file, an "
             "object store, a table) and pass a reference instead."
         )
+
+
+def _owner(job: str, step: str | None) -> str:
+    return f"job {job!r}" if step is None else f"step {step!r} of job {job!r}"
 
 
 class InputsTooLargeError(PayloadError, ValueError):
@@ -385,6 +394,69 @@ class WorkerCrashedError(AsyncJobsError):
         super().__init__(
             f"the pool worker running job {name!r} {how}; only this job is affected and the "
             "worker was replaced"
+        )
+
+
+class StepMismatchError(AsyncJobsError):
+    """A durable job called a step otherwise than when it was recorded (its name, kind or
+    arguments), so its recorded result cannot stand for this call.
+
+    ``seq`` is the step's position; ``recorded`` and ``called`` describe both calls.
+    """
+
+    def __init__(self, job: str, seq: int, recorded: str, called: str) -> None:
+        self.job_name = job
+        self.seq = seq
+        self.recorded = recorded
+        self.called = called
+        super().__init__(
+            f"job {job!r} called {called} as its step #{seq}, but recorded {recorded} there "
+            "when that step ran. A durable job must call its steps in the same order, with "
+            "the same arguments, on every run; to change them, let the old jobs finish first"
+        )
+
+
+class StepInDoubtError(AsyncJobsError):
+    """A step that is not idempotent was running when its attempt ended without knowing
+    whether it completed; it is not run again."""
+
+    def __init__(self, job: str, step: str, seq: int) -> None:
+        self.job_name = job
+        self.step = step
+        self.seq = seq
+        super().__init__(
+            f"step {step!r} (#{seq}) of job {job!r} was running when an earlier attempt ended, "
+            "and may or may not have completed, so it is not run again. Declare it "
+            "ctx.step(..., idempotent=True) if running it twice is safe"
+        )
+
+
+class StepError(AsyncJobsError):
+    """A step that ran in the process pool raised.
+
+    ``error_type``, ``error_message`` and ``traceback`` come from the worker.
+    """
+
+    def __init__(self, step: str, error_type: str, message: str, traceback: str = "") -> None:
+        self.step = step
+        self.error_type = error_type
+        self.error_message = message
+        self.traceback = traceback
+        super().__init__(f"step {step!r} raised {error_type}: {message}")
+
+
+class StaleAttemptError(AsyncJobsError):
+    """The attempt no longer runs on this node (it was reaped while cut off, say): what it
+    tried to record was not written, and it stops."""
+
+    def __init__(self, job: str, job_id: object, attempt: int, what: str) -> None:
+        self.job_name = job
+        self.job_id = job_id
+        self.attempt = attempt
+        super().__init__(
+            f"attempt {attempt} of job {job!r} ({job_id}) no longer runs on this node (it was "
+            f"taken over while the node was cut off): {what} was not recorded, and the "
+            "attempt stops here"
         )
 
 

@@ -114,9 +114,11 @@ class JobDef(Generic[P, R]):
         retry: Retry | None,
         isolated: bool = False,
         limits: JobLimits | None = None,
+        durable: bool = False,
     ) -> None:
         self.fn = fn
         self.isolated = isolated
+        self.durable = durable  # resumes after its node dies; ctx.sleep and wait_for park it
         self.limits = limits  # concurrency key and rate limit, if declared
         self.name = name
         self.queue = queue
@@ -228,6 +230,21 @@ class ContextApp(Protocol):
     async def result(self, job_id: JobId | str, *, timeout: float | None = None) -> Any: ...
 
 
+class StepRunner(Protocol):
+    """What runs a job's steps and durable waits (the node's ``node.steps.JobSteps``)."""
+
+    @property
+    def durable(self) -> bool: ...
+
+    async def call(
+        self, name: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], idempotent: bool
+    ) -> Any: ...
+
+    async def sleep(self, delay: timedelta | float) -> None: ...
+
+    async def wait_for(self, job_id: JobId) -> Any: ...
+
+
 class JobContext:
     """What a running job may know and do. Ask for it by annotating the first parameter::
 
@@ -240,6 +257,7 @@ class JobContext:
         "_app",
         "_cancel_requested",
         "_logger",
+        "_steps",
         "attempt",
         "job_id",
         "job_name",
@@ -267,6 +285,7 @@ class JobContext:
         self.max_attempts = max_attempts
         self._cancel_requested = False
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._steps: StepRunner | None = None  # set by the node that runs the job
 
     @property
     def cancel_requested(self) -> bool:
@@ -329,9 +348,48 @@ class JobContext:
     async def wait_for(self, job_id: JobId, timeout: float | None = None) -> Any:
         """Wait for another job to finish and return its result (as ``App.result``).
 
+        In a durable job (``@app.job(durable=True)``), without a timeout, the job parks: it
+        gives back its slot and holds no memory, and runs again (replaying its recorded
+        steps) once that job has ended, on any node. With a timeout it waits in place.
         Not available to isolated jobs (``IsolationError``): a pool worker has no database.
         """
+        steps = self._steps
+        if steps is not None and steps.durable and timeout is None:
+            return await steps.wait_for(job_id)
         return await self._require_app("wait_for").result(job_id, timeout=timeout)
+
+    async def step(
+        self, name: str, fn: Any, /, *args: Any, idempotent: bool = False, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a recorded step, and return its result.
+
+        ``fn`` is a coroutine function, or an isolated job (it then runs in the process
+        pool). Its result, as JSON, is stored before this returns; on a later run of the same
+        job (a resume after its node died, or after ``ctx.sleep``), a step that completed
+        returns its stored result and does not run again. Steps are recorded by name and the
+        order of the calls, so a loop of steps works; called with other arguments in a
+        replay, a step raises ``StepMismatchError``. A step that raises records its error,
+        and the job's retry policy decides what comes next. A step that was running when its
+        node died is in doubt: the job ends ``lost``, unless the step is ``idempotent=True``,
+        in which case it runs again. Steps of one job run one at a time.
+        """
+        return await self._require_steps("step").call(name, fn, args, kwargs, idempotent)
+
+    async def sleep(self, delay: timedelta | float) -> None:
+        """Sleep ``delay`` (a timedelta or seconds). In a durable job the job parks: it gives
+        back its slot and holds no memory, and runs again at the due time on any node, after
+        a restart too, replaying its recorded steps. Elsewhere it sleeps in place, like
+        ``asyncio.sleep``."""
+        await self._require_steps("sleep").sleep(delay)
+
+    def _require_steps(self, what: str) -> StepRunner:
+        self._require_app(what)
+        if self._steps is None:
+            raise IsolationError(
+                f"ctx.{what}() of job {self.job_name!r} is only available while the job runs "
+                "on a node"
+            )
+        return self._steps
 
     def _require_app(self, what: str) -> ContextApp:
         if self._app is None:
@@ -367,6 +425,7 @@ __all__ = [  # Signature and iter_signatures live in signatures.py, and are name
     "JobState",
     "Retry",
     "Signature",
+    "StepRunner",
     "coerce_job_id",
     "iter_signatures",
     "wants_context",

@@ -31,6 +31,7 @@ def register_job(
     concurrency_limit: int | None = None,
     rate_limit: str | None = None,
     rate_limit_key: str | None = None,
+    durable: bool = False,
 ) -> JobDef[P, R]:
     """Validate a declaration and add it to ``registry`` (what ``App.job`` does)."""
     job_name = name if name is not None else getattr(fn, "__name__", repr(fn))
@@ -39,6 +40,15 @@ def register_job(
         job_name, fn, queue=job_queue, priority=priority, timeout=timeout,
         soft_timeout=soft_timeout, retry=retry, isolated=isolated,
     )  # fmt: skip
+    if durable is not True and durable is not False:
+        raise JobDefinitionError(job_name, f"durable={durable!r} is not True or False")
+    if durable and isolated:
+        raise JobDefinitionError(
+            job_name,
+            "a durable job runs on the node's event loop, where its steps are recorded, so it "
+            "cannot be isolated. Keep it a coroutine and give its CPU-heavy work to the pool "
+            "as a step: await ctx.step('name', an_isolated_job, ...)",
+        )
     existing = registry.get(job_name)
     if existing is not None and existing.fn is not fn:
         raise JobDefinitionError(
@@ -53,6 +63,7 @@ def register_job(
     definition = JobDef(
         fn, name=job_name, queue=job_queue, priority=priority, timeout=timeout,
         soft_timeout=soft_timeout, retry=retry, isolated=isolated, limits=limits,
+        durable=durable,
     )  # fmt: skip
     registry[job_name] = definition
     return definition

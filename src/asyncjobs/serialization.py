@@ -63,17 +63,25 @@ _SURROGATE_WHY = (
 )
 
 
-def encode_args(job: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> bytes:
-    """Encode a job's arguments as ``[args, kwargs]``, or raise with the offending path."""
+def encode_args(
+    job: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    limit: int,
+    *,
+    step: str | None = None,
+) -> bytes:
+    """Encode a job's arguments (or a step's: ``step`` names it) as ``[args, kwargs]``, or
+    raise with the offending path."""
     roots = ((args, "args"), (kwargs, "kwargs"))
     try:
         data = orjson.dumps((args, kwargs), option=STRICT_JSON)
     except TypeError:
-        _raise_for_first_bad_value(job, "argument", roots, depth=1)
+        _raise_for_first_bad_value(job, "argument", roots, depth=1, step=step)
         raise  # pragma: no cover - the walk above always finds the bad value
     if len(data) > limit:
-        raise PayloadTooLargeError(job, "arguments", len(data), limit)
-    check_storable(job, "argument", data, roots)
+        raise PayloadTooLargeError(job, "arguments", len(data), limit, step=step)
+    check_storable(job, "argument", data, roots, step=step)
     return data
 
 
@@ -88,16 +96,17 @@ def compact(data: bytes) -> bytes:
     return bytes(memoryview(data)) if len(data) < COMPACT_BELOW else data
 
 
-def encode_result(job: str, value: Any, limit: int) -> bytes:
-    """Encode a job's return value, or raise with the offending path."""
+def encode_result(job: str, value: Any, limit: int, *, step: str | None = None) -> bytes:
+    """Encode a job's return value (or a step's: ``step`` names it), or raise with the
+    offending path."""
     try:
         data = orjson.dumps(value, option=STRICT_JSON)
     except TypeError:
-        _raise_for_first_bad_value(job, "result", ((value, "result"),), depth=0)
+        _raise_for_first_bad_value(job, "result", ((value, "result"),), depth=0, step=step)
         raise  # pragma: no cover
     if len(data) > limit:
-        raise PayloadTooLargeError(job, "result", len(data), limit)
-    check_storable(job, "result", data, ((value, "result"),))
+        raise PayloadTooLargeError(job, "result", len(data), limit, step=step)
+    check_storable(job, "result", data, ((value, "result"),), step=step)
     return compact(data)  # held in the completer's buffer until written
 
 
@@ -107,7 +116,14 @@ def decode_args(data: bytes) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def check_storable(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, str]]) -> None:
+def check_storable(
+    job: str,
+    what: str,
+    data: bytes,
+    roots: Sequence[tuple[Any, str]],
+    *,
+    step: str | None = None,
+) -> None:
     """Raise ``PayloadEncodeError`` for a value orjson encoded but Postgres would refuse or
     change; ``data`` is the encoding of ``roots``.
 
@@ -116,13 +132,14 @@ def check_storable(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, 
     """
     if b"null" in data and (found := _first(roots, _non_finite)):
         raise PayloadEncodeError(
-            job, what, found[0], "float (NaN or infinity)", " (JSON has no NaN or infinity)"
-        )
+            job, what, found[0], "float (NaN or infinity)", " (JSON has no NaN or infinity)",
+            step=step,
+        )  # fmt: skip
     if NUL_ESCAPE in data:
         for value, path in roots:
             bad = _find_nul(value, path)
             if bad is not None:
-                raise PayloadEncodeError(job, what, bad, "str", why=_NUL_WHY)
+                raise PayloadEncodeError(job, what, bad, "str", why=_NUL_WHY, step=step)
     if b"e+" in data and (found := _first(roots, _inexact_float)):
         raise PayloadEncodeError(
             job, what, found[0], "float",
@@ -132,6 +149,7 @@ def check_storable(job: str, what: str, data: bytes, roots: Sequence[tuple[Any, 
                 "exponent), and not always the same number. Send int(value) for a whole "
                 "number, or the float as a string"
             ),
+            step=step,
         )  # fmt: skip
 
 
@@ -192,14 +210,14 @@ def _find_nul(value: Any, path: str) -> str | None:
 
 
 def _raise_for_first_bad_value(
-    job: str, what: str, roots: Sequence[tuple[Any, str]], depth: int
+    job: str, what: str, roots: Sequence[tuple[Any, str]], depth: int, step: str | None = None
 ) -> None:
     for value, path in roots:
         found = _find_unencodable(value, path, depth)
         if found is not None:
             bad_path, type_name, why = found
             raise PayloadEncodeError(
-                job, what, bad_path, type_name, _HINTS.get(type_name, ""), why=why
+                job, what, bad_path, type_name, _HINTS.get(type_name, ""), why=why, step=step
             )
 
 

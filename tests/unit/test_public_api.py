@@ -115,6 +115,26 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         ["cancel()", "reason='a\\x00'", "NUL character"],
         {"call": "cancel", "argument": "reason"},
     ),
+    (
+        errors.StepMismatchError("provision", 3, "step 'create_disk'", "step 'create_dns'"),
+        ["'provision'", "#3", "step 'create_disk'", "step 'create_dns'", "same order"],
+        {"seq": 3, "job_name": "provision"},
+    ),
+    (
+        errors.StepInDoubtError("provision", "create_disk", 3),
+        ["'create_disk'", "(#3)", "idempotent=True"],
+        {"step": "create_disk", "seq": 3},
+    ),
+    (
+        errors.StepError("render", "ValueError", "bad frame"),
+        ["'render'", "ValueError", "bad frame"],
+        {"error_type": "ValueError", "error_message": "bad frame"},
+    ),
+    (
+        errors.StaleAttemptError("provision", JOB_ID, 2, "step 'create_disk'"),
+        ["attempt 2", "'provision'", str(JOB_ID), "step 'create_disk' was not recorded"],
+        {"attempt": 2},
+    ),
     (errors.StoreError(), ["store"], {}),
     (
         errors.ValueRejectedError("UntranslatableCharacterError: \\u0000", "22P05"),

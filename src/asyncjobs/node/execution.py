@@ -12,19 +12,22 @@ shutdown, and the outcome follows the table in DESIGN §10.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from types import CoroutineType
 
+import anyio
 import orjson
 
 from ..errors import (
     InputsTooLargeError,
     JobTimeoutError,
     PayloadError,
+    StoreError,
     describe_error,
     without_runner_frames,
 )
-from ..jobs import JobContext
+from ..jobs import JobContext, JobId
 from ..serialization import decode_args, encode_result
 from ..store.base import MAX_INPUT_BYTES, ClaimedJob, Outcome
 from . import cputime
@@ -37,6 +40,9 @@ from .running import (
     JobRunner,
     RunningJob,
 )
+from .steps import JobParked, JobSteps
+
+log = logging.getLogger("asyncjobs.node")
 
 RUNNER_FILES = frozenset({__file__, cputime.__file__})  # frames a job's traceback leaves out
 
@@ -52,6 +58,7 @@ async def execute(node: JobRunner, job: RunningJob, raw_args: bytes) -> None:
                 node.app, job.id, job.name, job.queue, job.attempt, job.max_attempts,
                 job.workflow_id,
             )  # fmt: skip
+            job.steps = job.ctx._steps = JobSteps(node, job, definition.durable)
             args.insert(0, job.ctx)
         job.started = time.monotonic()
         coro = definition.fn(*args, **kwargs)
@@ -60,7 +67,12 @@ async def execute(node: JobRunner, job: RunningJob, raw_args: bytes) -> None:
             value = await metered(coro, job)
         else:
             value = await coro
+    except JobParked:
+        node.parked(job)  # its row says when it runs again; there is no outcome to write
+        return
     except asyncio.CancelledError:
+        if job.stop_reason == STOP_SHUTDOWN and job.durable and await resumed(node, job):
+            return
         outcome = stopped_outcome(node, job)
     except (Exception, SystemExit) as exc:
         outcome = failed_outcome(node, job, without_runner_frames(exc, RUNNER_FILES))
@@ -117,7 +129,7 @@ def stopped_outcome(node: JobRunner, job: RunningJob) -> Outcome:
         # None keeps the reason the canceller gave, stored with the request.
         return Outcome(job.id, job.attempt, "cancelled", None, None, now, None, None)
     if reason == STOP_SHUTDOWN:
-        return shutdown_outcome(job, now)
+        return shutdown_outcome(job, now, node.id)
     if reason in (STOP_SOFT_TIMEOUT, STOP_TIMEOUT) and definition is not None:
         limit = definition.soft_timeout if reason == STOP_SOFT_TIMEOUT else definition.timeout
         kind = "soft" if reason == STOP_SOFT_TIMEOUT else "hard"
@@ -127,8 +139,35 @@ def stopped_outcome(node: JobRunner, job: RunningJob) -> Outcome:
     return failed_outcome(node, job, asyncio.CancelledError("the job raised CancelledError"))
 
 
-def shutdown_outcome(job: RunningJob, now: float) -> Outcome:
-    """A job interrupted by node shutdown: re-queued if it has attempts left, else cancelled."""
+async def resumed(node: JobRunner, job: RunningJob) -> bool:
+    """Park a durable job that a shutdown interrupted, to run again at once on any node: its
+    steps are kept, and a resume is not a retry. False if it cannot be: a step that is not
+    idempotent was running (the job is lost: see shutdown_outcome), or the database is out
+    of reach (the job ends as any other would)."""
+    if job.steps is not None and job.steps.in_doubt is not None:
+        return False
+    try:
+        with anyio.fail_after(node.settings.cancel_grace_s):
+            parked = await node.store.park(
+                node.id, job.id, job.attempt, STOP_SHUTDOWN, until=node.clock.time()
+            )
+    except (StoreError, TimeoutError) as exc:
+        log.warning("job %s (%s) could not be parked at shutdown: %s", job.name, job.id, exc)
+        return False
+    if parked.parked:
+        node.parked(job)
+    return parked.parked or not parked.owned  # not owned: its outcome would be fenced anyway
+
+
+def shutdown_outcome(job: RunningJob, now: float, node_id: JobId) -> Outcome:
+    """A job interrupted by node shutdown: re-queued if it has attempts left, else cancelled.
+    A durable job whose step was running (one that is not idempotent) is lost: the step is
+    in doubt."""
+    doubt = job.steps.in_doubt if job.steps is not None else None
+    if doubt is not None:
+        seq, name = doubt
+        reason = f"step {name!r} (#{seq}) was running when node {node_id} shut down"
+        return Outcome(job.id, job.attempt, "lost", None, None, now, None, reason)
     if job.attempt < job.max_attempts and job.definition is not None and job.definition.retry:
         return Outcome(job.id, job.attempt, "queued", None, None, now, now, STOP_SHUTDOWN)
     return Outcome(job.id, job.attempt, "cancelled", None, None, now, None, STOP_SHUTDOWN)

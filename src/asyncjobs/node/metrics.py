@@ -96,6 +96,13 @@ class NodeMetrics:
             f"How late a {LAG_INTERVAL_S:g} s timer fired on the node's event loop, lately",
             registry=registry,
         )
+        self._steps = prom.Counter(
+            "asyncjobs_steps",
+            "Steps of durable jobs this node ran, by outcome (succeeded, failed, or replayed: "
+            "a recorded result returned without running the step again)",
+            ["name", "outcome"],
+            registry=registry,
+        )
         self._by_name: dict[str, tuple[Any, Any, Any, Any]] = {}
         self._by_outcome: dict[tuple[str, str], Any] = {}
         self._server: Any = None
@@ -127,6 +134,9 @@ class NodeMetrics:
             run.observe(outcome.wall_s)
         if outcome.cpu_s is not None:
             cpu.inc(outcome.cpu_s)
+
+    def step_ended(self, name: str, outcome: str) -> None:
+        self._steps.labels(name, outcome).inc()
 
     def start(self) -> None:
         """Listen now (``App.start`` calls this, so a port in use fails the start)."""

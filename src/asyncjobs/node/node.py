@@ -99,6 +99,7 @@ class Node:
             version=__version__,
             queues=settings.queue_names,
             concurrency=settings.concurrency,
+            durable=tuple(sorted(name for name, d in app.registry.items() if d.durable)),
         )
         self.running: dict[JobId, RunningJob] = {}
         self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
@@ -366,6 +367,15 @@ class Node:
                 self.metrics.job_finished(job, outcome)
             self.fetcher.slot_freed()
 
+    def parked(self, job: RunningJob) -> None:
+        """A durable job parked (its row already says when it runs again): free its slot."""
+        if self._release(job):
+            self.fetcher.slot_freed()
+
+    def step_ended(self, job: RunningJob, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.step_ended(job.name, outcome)
+
     async def wait_idle(self) -> None:
         """Until no job runs on this node."""
         await self._idle.wait()
@@ -380,6 +390,8 @@ class Node:
         if job.finished:
             return False
         job.finished = True
+        if job.steps is not None:
+            job.steps.ended = True
         if job.handles:
             for handle in job.handles:
                 handle.cancel()

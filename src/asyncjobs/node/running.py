@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..clock import Clock
 from ..jobs import ContextApp, JobContext, JobDef, JobId
 from ..settings import Settings
-from ..store.base import ClaimedJob, Outcome
+from ..store.base import ClaimedJob, Outcome, Store
 
 if TYPE_CHECKING:
     from ..pool.handle import WorkerHandle
     from ..pool.pool import ProcessPool
+    from .steps import JobSteps
 
 
 # Reasons a node stops a job itself. The values are stored as the job's `reason`.
@@ -42,6 +43,7 @@ class RunningJob:
         "name",
         "queue",
         "started",
+        "steps",
         "stop_reason",
         "task",
         "wait",
@@ -67,6 +69,15 @@ class RunningJob:
         self.started: float | None = None  # time.monotonic() when it began to run
         self.cpu: float | None = None  # its CPU time so far, where measured
         self.wait = claimed.wait  # how long it waited to be claimed after it was due
+        self.steps: JobSteps | None = None  # its ctx.step records (jobs that take a context)
+
+    @property
+    def durable(self) -> bool:
+        """Whether it resumes rather than ends when it is interrupted: declared so, or it has
+        completed a step."""
+        if self.definition is not None and self.definition.durable:
+            return True
+        return self.steps is not None and self.steps.completed > 0
 
 
 class JobRunner(Protocol):
@@ -88,5 +99,14 @@ class JobRunner(Protocol):
     @property
     def pool(self) -> ProcessPool | None: ...
 
+    @property
+    def store(self) -> Store: ...
+
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
         """Record how an attempt ended and free its slot."""
+
+    def parked(self, job: RunningJob) -> None:
+        """The job parked (ctx.sleep, ctx.wait_for, or a shutdown): free its slot."""
+
+    def step_ended(self, job: RunningJob, outcome: str) -> None:
+        """Count a step by outcome: succeeded, failed or replayed (metrics)."""

@@ -40,6 +40,7 @@ from .rows import (
     NodeStatus,
     Outcome,
     ParentResult,
+    ParkResult,
     PromoteResult,
     QueueCounts,
     RateBucket,
@@ -47,6 +48,8 @@ from .rows import (
     ScheduleRecord,
     StatsRow,
     StepFailure,
+    StepRecord,
+    StepWrite,
     StoreEvent,
     Throughput,
     WorkflowInfo,
@@ -54,6 +57,7 @@ from .rows import (
     add_stats,
     record_from_row,
     stats_bucket,
+    step_record,
     upstream_reason,
 )
 
@@ -211,6 +215,34 @@ class Store(Protocol):
     async def parent_results(self, job_id: JobId) -> list[ParentResult]:
         """The job's parents, in edge order, with their results."""
 
+    # -- durable jobs: steps and parking ----------------------------------------------------------
+
+    async def record_step(
+        self, node_id: JobId, job_id: JobId, attempt: int, step: StepWrite
+    ) -> bool:
+        """Record (or replace) one step of the job, if that attempt still runs on that node;
+        False if it does not (a stale attempt: nothing is written). A step recorded as
+        running is seen by whoever reaps the node."""
+
+    async def job_steps(self, job_id: JobId) -> list[StepRecord]:
+        """The job's recorded steps, in call order."""
+
+    async def park(
+        self,
+        node_id: JobId,
+        job_id: JobId,
+        attempt: int,
+        reason: str,
+        *,
+        until: float | None = None,
+        wait_on: JobId | None = None,
+        step: StepWrite | None = None,
+    ) -> ParkResult:
+        """Park a running attempt (fenced), with ``step`` recorded in the same transaction:
+        ``scheduled`` until ``until``, or ``waiting`` until job ``wait_on`` ends (any end, or
+        its deletion). Nothing is parked if ``wait_on`` has ended already or does not exist.
+        Its next run is not a retry: it is allowed one more attempt."""
+
     # -- counting and purging -------------------------------------------------------------------
 
     async def count_jobs(self, queue: str | None, finished: bool) -> dict[str, int]:
@@ -266,7 +298,11 @@ class Store(Protocol):
         """Deliver events to ``handler`` until cancelled, reconnecting as needed."""
 
 
-__all__ = [  # the row types live in rows.py; every backend imports them from here
+__all__ = [
+    "ParkResult",
+    "StepRecord",
+    "StepWrite",
+    "step_record",  # the row types live in rows.py; every backend imports them from here
     "ACTIVE_STATES",
     "add_stats",
     "BusyKey",

@@ -27,6 +27,7 @@ from .mem.monitoring import MonitoringMixin
 from .mem.nodes import NodesMixin
 from .mem.schedules import SchedulesMixin
 from .mem.state import _Job
+from .mem.steps import StepsMixin
 from .mem.workflows import WorkflowsMixin
 
 
@@ -37,6 +38,7 @@ class MemoryStore(
     ClaimsMixin,
     SchedulesMixin,
     WorkflowsMixin,
+    StepsMixin,
     CountingMixin,
     MonitoringMixin,
 ):

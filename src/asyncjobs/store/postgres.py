@@ -22,6 +22,7 @@ from .pg.monitoring import MonitoringMixin
 from .pg.nodes import PRUNE_CLOCK_SLACK_S, NodesMixin
 from .pg.purging import PurgingMixin
 from .pg.schedules import SchedulesMixin
+from .pg.steps import StepsMixin
 from .pg.workflows import WorkflowsMixin
 
 # Re-exported for readers of this module. Each is read in the module that defines it
@@ -35,6 +36,7 @@ class PostgresStore(
     ClaimsMixin,
     SchedulesMixin,
     WorkflowsMixin,
+    StepsMixin,
     PurgingMixin,
     MonitoringMixin,
     EventsMixin,

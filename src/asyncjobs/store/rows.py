@@ -290,6 +290,63 @@ class NodeInfo:
     version: str
     queues: tuple[str, ...]
     concurrency: int
+    durable: tuple[str, ...] = ()  # the names of the jobs it runs as durable (the reaper reads)
+
+
+class StepWrite(NamedTuple):
+    """One step's record as a job's node writes it (``ctx.step``, ``ctx.sleep``, ...).
+
+    ``kind`` is call, sleep or wait; ``state`` running (written before a step that is not
+    idempotent runs), succeeded or failed. ``result`` and ``error`` are encoded JSON.
+    """
+
+    seq: int  # 1 for the job's first step call
+    kind: str
+    name: str
+    state: str
+    idempotent: bool
+    digest: bytes | None  # of its arguments
+    call: str | None  # its arguments, as far as a message shows them
+    started_at: float | None
+    finished_at: float | None
+    result: bytes | None = None
+    error: bytes | None = None
+
+
+class StepRecord(NamedTuple):
+    """A step as stored: what ``app.steps()`` returns, and what a resumed job replays."""
+
+    seq: int
+    kind: str  # call, sleep or wait
+    state: str  # running, succeeded or failed
+    name: str
+    attempt: int  # the attempt that ran it
+    idempotent: bool
+    digest: bytes | None
+    call: str | None
+    result: Any  # decoded
+    error: dict[str, Any] | None
+    started_at: float | None  # epoch seconds
+    finished_at: float | None
+    node_id: JobId | None
+
+
+def step_record(row: Any) -> StepRecord:
+    """A StepRecord from a row of job_steps (result and error as encoded JSON)."""
+    result, error = row["result"], row["error"]
+    return StepRecord(
+        row["seq"], row["kind"], row["state"], row["name"], row["attempt"], row["idempotent"],
+        None if row["digest"] is None else bytes(row["digest"]), row["call"],
+        None if result is None else orjson.loads(result),
+        None if error is None else orjson.loads(error),
+        row["started_at"], row["finished_at"], row["node_id"],
+    )  # fmt: skip
+
+
+class ParkResult(NamedTuple):
+    parked: bool  # False: the awaited job has ended already (or the attempt is stale)
+    owned: bool  # False: the attempt no longer runs on this node (fenced)
+    concurrency_key: str | None  # the parked job's, whose slot it gave back
 
 
 class ScheduleRecord(NamedTuple):

@@ -46,7 +46,10 @@ class CountingMixin(MemoryState):
                 self._waiters.discard(job_id)
                 self._emit("finished", str(job_id))
             self._parents.pop(job_id, None)
+            self._steps.pop(job_id, None)
             if job.has_dependents and state in PENDING_STATES:
                 job.state = "cancelled"  # as Postgres settles them: upstream_cancelled
                 self._settle(job)
+            if job.awaited and state in PENDING_STATES:  # its parked waiters find it gone
+                self._wake_parked(job_id)
         return found

@@ -17,16 +17,16 @@ from ...clock import to_datetime
 from ...jobs import JobId
 from ..base import TERMINAL_STATES, HeartbeatResult, NodeInfo, ReapedNode, StatsRow, add_stats
 from ..refusals import check_stats, check_text
-from .limits import LimitsMixin
 from .state import _Node
+from .steps import StepsMixin
 
 
-class NodesMixin(LimitsMixin):
+class NodesMixin(StepsMixin):
     """register_node, heartbeat, deregister_node, reap, prune and prune_rest."""
 
     async def register_node(self, node: NodeInfo) -> None:
         await anyio.lowlevel.checkpoint()
-        check_text((node.host, node.version, *node.queues))
+        check_text((node.host, node.version, *node.queues, *node.durable))
         self.nodes[node.id] = _Node(node, time.time())
 
     async def heartbeat(
@@ -80,14 +80,22 @@ class NodesMixin(LimitsMixin):
                 f"{stamp.strftime('%Y-%m-%dT%H:%M:%S.')}{stamp.microsecond // 1000:03d}Z"
             )
             counts = {"queued": 0, "lost": 0, "cancelled": 0}
-            for job in self.jobs.values():
+            for job in list(self.jobs.values()):
                 if job.node_id != node.info.id or job.state != "running":
                     continue
+                in_doubt = self._step_in_doubt(job)
+                durable = job.name in node.info.durable or self._completed_a_step(job)
                 if job.cancel_requested:
                     job.finished_at = now
                     self._end(job, "cancelled")
-                elif job.attempt < job.max_attempts:
+                elif in_doubt is not None:
+                    job.reason = f"{in_doubt} was running on node {node.info.id} when it died"
+                    job.finished_at = now
+                    self._end(job, "lost")
+                elif durable or job.attempt < job.max_attempts:
                     job.reason, job.run_at, job.finished_at = reason, now, None
+                    if durable:  # a resume is not a retry
+                        job.max_attempts = max(job.max_attempts, job.attempt + 1)
                     self._make_ready(job)
                     woken.add(job.queue)
                 else:
@@ -117,6 +125,7 @@ class NodesMixin(LimitsMixin):
             self._waiters.discard(job_id)
             self._parents.pop(job_id, None)  # a finished job never needs its edges again
             self._children.pop(job_id, None)
+            self._steps.pop(job_id, None)
         return len(old)
 
     async def prune_rest(self, retention_s: float, waiter_ttl_s: float) -> None:

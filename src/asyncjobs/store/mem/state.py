@@ -21,6 +21,7 @@ from ..base import (
     EventHandler,
     NewJob,
     NodeInfo,
+    StepWrite,
     StoreEvent,
     record_from_row,
     upstream_reason,
@@ -64,6 +65,8 @@ class _Job:
     parked: bool = False  # queued, but out of the ready set until a slot of its key frees
     wall_s: float | None = None
     cpu_s: float | None = None
+    awaited: bool = False  # a parked durable job waits for its end
+    wake_on: JobId | None = None  # parked: the job whose end resumes it
 
     def limit_like(self, new: NewJob) -> _Job:
         """Take ``new``'s concurrency key and rate limit."""
@@ -134,6 +137,8 @@ class MemoryState:
     # The nodes' statistics: (bucket, node, name, outcome) -> [attempts, wait_s, wall_s,
     # max_wall_s, timed, timed_wall_s, cpu_s], as in Postgres's job_stats table.
     _stats: dict[tuple[float, JobId, str, str], list[float]] = field(default_factory=dict)
+    # The durable jobs' steps (job_steps): job -> seq -> (the record, attempt, node).
+    _steps: dict[JobId, dict[int, tuple[StepWrite, int, JobId]]] = field(default_factory=dict)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -170,6 +175,16 @@ class MemoryState:
             self._emit("finished", str(job.id))
         if settle and job.has_dependents:
             self._settle(job)
+        if job.awaited:
+            self._wake_parked(job.id)
+
+    def _wake_parked(self, job_id: JobId) -> None:
+        """Queue the durable jobs parked until ``job_id`` ended (wake_parked in Postgres)."""
+        woken = [j for j in self.jobs.values() if j.wake_on == job_id and j.state == "waiting"]
+        for job in woken:
+            job.wake_on, job.run_at = None, time.time()
+            self._make_ready(job)
+        self._wake(j.queue for j in woken)
 
     def _settle(self, job: _Job) -> None:
         """What follows a job's end for its dependents (settle_jobs in Postgres): a success

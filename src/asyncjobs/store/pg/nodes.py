@@ -29,6 +29,7 @@ class NodesMixin(PgStoreBase):
                 node.version,
                 list(node.queues),
                 node.concurrency,
+                list(node.durable),
             )
 
     async def heartbeat(
@@ -46,7 +47,14 @@ class NodesMixin(PgStoreBase):
 
     async def reap(self, reaper_id: JobId, node_timeout_s: float, limit: int) -> list[ReapedNode]:
         async def body(con: asyncpg.Connection) -> list[ReapedNode]:
-            rows = await con.fetch(self.q["reap"], node_timeout_s, reaper_id, limit)
+            # Two statements, so that the second decides under a snapshot taken once the
+            # first holds the dead nodes' jobs: a step record committed meanwhile is seen.
+            dead = await con.fetch(self.q["reap_lock"], node_timeout_s, reaper_id, limit)
+            if not dead:
+                return []
+            rows = await con.fetch(
+                self.q["reap_jobs"], [d["id"] for d in dead], [d["heartbeat_at"] for d in dead]
+            )
             ids = [i for r in rows for i in r["settle_ids"] or ()]
             if ids:  # lost or cancelled jobs with dependents: settle them in the same transaction
                 states = [s for r in rows for s in r["settle_states"] or ()]

@@ -232,9 +232,10 @@ WITH register AS (
 SELECT j.*, (SELECT count(*) FROM register) AS registered FROM {t}jobs AS j WHERE j.id = $1;
 
 -- name: register_node
--- Records a starting node (its own row; no other node writes it while it is alive).
-INSERT INTO {t}nodes (id, host, pid, version, queues, concurrency)
-VALUES ($1, $2, $3, $4, $5, $6);
+-- Records a starting node (its own row; no other node writes it while it is alive), with the
+-- names of the jobs it runs as durable ($7): what the reaper reads if it dies.
+INSERT INTO {t}nodes (id, host, pid, version, queues, concurrency, durable)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: heartbeat
 -- Refreshes node $1's heartbeat with the database clock (one statement, however many jobs run)
@@ -270,15 +271,13 @@ SELECT EXISTS (SELECT 1 FROM hb) AS alive,
        ARRAY(SELECT id FROM {t}jobs
              WHERE node_id = $1 AND state = 'running' AND cancel_requested) AS cancel_ids;
 
--- name: reap
--- Reaps at most $3 nodes whose heartbeat (database clock) is older than $1 seconds, or that
--- stopped, on behalf of node $2. Never a node another reaper holds (SKIP LOCKED on its row),
--- never one twice (reaped_at). Each running job of a reaped node becomes: cancelled if someone
--- asked to cancel it; queued if it has attempts left (the dead attempt counts); otherwise
--- lost, with the reason "node <id> stopped heartbeating at <time>". A job's own node racing
--- the reaper with an outcome loses or wins whole: both lock the job's row and re-check that it
--- is still running. Returns one row per reaped node with what happened to its jobs, the
--- ended jobs whose dependents must be settled (settle), and the keys whose slots it freed.
+-- name: reap_lock
+-- Marks reaped at most $3 nodes whose heartbeat (database clock) is older than $1 seconds, or
+-- that stopped, on behalf of node $2, and locks their running jobs. Never a node another
+-- reaper holds (SKIP LOCKED on its row), never one twice (reaped_at). The jobs are locked
+-- here, in id order, and decided on by reap_jobs, a statement of its own: a node writing a
+-- step's record holds its job's row (FOR SHARE) until it commits, so the decision, made
+-- under a later snapshot, sees every step that was running when the node died.
 WITH dead AS (
     SELECT id, heartbeat_at FROM {t}nodes
     WHERE reaped_at IS NULL AND id <> $2  -- a node running this is alive: never itself
@@ -290,21 +289,62 @@ WITH dead AS (
     UPDATE {t}nodes AS n SET reaped_at = now(), reaped_by = $2, running = 0
     FROM dead WHERE n.id = dead.id
     RETURNING n.id, dead.heartbeat_at
+)
+SELECT m.id, m.heartbeat_at,
+       ARRAY(SELECT j.id FROM {t}jobs AS j WHERE j.node_id = m.id AND j.state = 'running'
+             ORDER BY j.id FOR UPDATE) AS locked
+FROM marked AS m;
+
+-- name: reap_jobs
+-- Takes over the running jobs of the nodes reap_lock marked ($1 their ids, $2 their last
+-- heartbeats). Each running job becomes: cancelled if someone asked to cancel it; lost if one of
+-- its steps that is not idempotent was running (it is in doubt: "step 'x' (#3) was running
+-- on node <id> when it died"); queued again, its steps kept and one more attempt allowed
+-- (a resume is not a retry), if it is durable (its node declared its name, or it completed a
+-- step); queued if it has attempts left (the dead attempt counts); otherwise lost, with the
+-- reason "node <id> stopped heartbeating at <time>". A job's own node racing the reaper with
+-- an outcome loses or wins whole: both lock the job's row and re-check that it is still
+-- running. Returns one row per reaped node with what happened to its jobs, the ended jobs
+-- whose dependents must be settled (settle), and the keys whose slots it freed.
+WITH marked AS (
+    SELECT u.id, u.heartbeat_at, n.durable
+    FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, heartbeat_at)
+    JOIN {t}nodes AS n ON n.id = u.id
+), judged AS (
+    SELECT j.id, m.id AS node_id, m.heartbeat_at,
+           (SELECT 'step ' || quote_literal(s.name) || ' (#' || s.seq || ')'
+            FROM {t}job_steps AS s
+            WHERE s.job_id = j.id AND s.state = 'running' AND s.attempt = j.attempt
+            ORDER BY s.seq LIMIT 1) AS in_doubt,
+           (j.name = ANY(m.durable) OR EXISTS (
+               SELECT 1 FROM {t}job_steps AS s
+               WHERE s.job_id = j.id AND s.state = 'succeeded')) AS durable
+    FROM marked AS m
+    JOIN {t}jobs AS j ON j.node_id = m.id AND j.state = 'running'
+), decided AS (
+    SELECT x.*,
+           CASE WHEN j.cancel_requested THEN 'cancelled'
+                WHEN x.in_doubt IS NOT NULL THEN 'lost'
+                WHEN x.durable OR j.attempt < j.max_attempts THEN 'queued'
+                ELSE 'lost' END::{t}job_state AS verdict
+    FROM judged AS x JOIN {t}jobs AS j ON j.id = x.id
 ), moved AS (
     UPDATE {t}jobs AS j
-    SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
-                     WHEN j.attempt < j.max_attempts THEN 'queued'
-                     ELSE 'lost' END::{t}job_state,
+    SET state = d.verdict,
         reason = CASE WHEN j.cancel_requested THEN j.reason
-                      ELSE 'node ' || m.id || ' stopped heartbeating at '
-                           || to_char(m.heartbeat_at AT TIME ZONE 'UTC',
+                      WHEN d.in_doubt IS NOT NULL
+                      THEN d.in_doubt || ' was running on node ' || d.node_id || ' when it died'
+                      ELSE 'node ' || d.node_id || ' stopped heartbeating at '
+                           || to_char(d.heartbeat_at AT TIME ZONE 'UTC',
                                       'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') END,
-        finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts
-                           THEN now() END,
-        run_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts
-                      THEN j.run_at ELSE now() END
-    FROM marked AS m
-    WHERE j.node_id = m.id AND j.state = 'running'
+        finished_at = CASE WHEN d.verdict = 'queued' THEN NULL ELSE now() END,
+        run_at = CASE WHEN d.verdict = 'queued' THEN now() ELSE j.run_at END,
+        -- a durable job's resume is not a retry: it gets the attempt the dead one took
+        max_attempts = CASE WHEN d.verdict = 'queued' AND d.durable
+                            THEN greatest(j.max_attempts, j.attempt + 1)
+                            ELSE j.max_attempts END
+    FROM decided AS d
+    WHERE j.id = d.id AND j.state = 'running'
     RETURNING j.id, j.node_id, j.queue, j.state, j.has_dependents, j.concurrency_key
 ), waited AS (
     DELETE FROM {t}waiters AS w USING moved
@@ -353,8 +393,11 @@ WITH gone AS (
 ), edges AS (
     -- a job's edges to its parents go with it (a finished job never needs them again)
     DELETE FROM {t}job_deps WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
+), steps AS (
+    DELETE FROM {t}job_steps WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
 )
-SELECT count(*) FROM gone WHERE (SELECT count(*) FROM edges) >= 0;
+SELECT count(*) FROM gone
+WHERE (SELECT count(*) FROM edges) >= 0 AND (SELECT count(*) FROM steps) >= 0;
 
 -- name: prune_rest
 -- Deletes node rows reaped or stopped more than $1 seconds ago, and registrations of interest
@@ -445,10 +488,11 @@ WHERE name = $1;
 WITH released AS (
     UPDATE {t}jobs AS j SET state = 'queued'
     WHERE j.schedule = ANY($1::text[]) AND j.state = 'waiting'
+      AND j.wake_on IS NULL  -- a durable run parked in ctx.wait_for is not held back, but parked
       AND NOT EXISTS (
           SELECT 1 FROM {t}jobs AS o
           WHERE o.schedule = j.schedule AND o.id <> j.id
-            AND o.state IN ('scheduled', 'queued', 'running')
+            AND (o.state IN ('scheduled', 'queued', 'running') OR o.wake_on IS NOT NULL)
       )
     RETURNING j.queue
 ), wake AS (
@@ -726,10 +770,74 @@ WITH gone AS (
     RETURNING id, has_dependents
 ), edges AS (
     DELETE FROM {t}job_deps WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
+), steps AS (
+    DELETE FROM {t}job_steps WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
 ), waited AS (
     DELETE FROM {t}waiters WHERE job_id = ANY(ARRAY(SELECT id FROM gone)) RETURNING job_id
 ), woken AS (
     SELECT pg_notify('{channel}', 'f:' || job_id) FROM waited
 )
 SELECT id, has_dependents FROM gone
-WHERE (SELECT count(*) FROM edges) >= 0 AND (SELECT count(*) FROM woken) >= 0;
+WHERE (SELECT count(*) FROM edges) >= 0 AND (SELECT count(*) FROM woken) >= 0
+  AND (SELECT count(*) FROM steps) >= 0;
+
+-- name: record_step
+-- Records step $4 of job $1 (its state $8: running, before a step that is not idempotent
+-- runs; succeeded or failed once any step ends), if attempt $2 of the job still runs on node
+-- $3; nothing otherwise, and then it returns no row (a stale attempt: fenced). The job's row
+-- is held (FOR SHARE) until the commit, which is what reap_lock waits for: a step recorded
+-- as running is seen by the reaper of its node. Written again, a step's record is replaced.
+WITH job AS (
+    SELECT id FROM {t}jobs
+    WHERE id = $1 AND state = 'running' AND attempt = $2 AND node_id = $3
+    FOR SHARE
+)
+INSERT INTO {t}job_steps AS s (job_id, seq, attempt, idempotent, started_at, finished_at,
+                               node_id, kind, state, name, digest, call, result, error)
+SELECT job.id, $4, $2, $5, to_timestamp($10), to_timestamp($11), $3, $6, $8, $7, $9, $12, $13,
+       $14
+FROM job
+ON CONFLICT (job_id, seq) DO UPDATE
+SET attempt = EXCLUDED.attempt, idempotent = EXCLUDED.idempotent,
+    started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+    node_id = EXCLUDED.node_id, kind = EXCLUDED.kind, state = EXCLUDED.state,
+    name = EXCLUDED.name, digest = EXCLUDED.digest, call = EXCLUDED.call,
+    result = EXCLUDED.result, error = EXCLUDED.error
+RETURNING s.seq;
+
+-- name: job_steps
+-- The recorded steps of job $1, in call order (by primary key).
+SELECT seq, kind, state, name, attempt, idempotent, digest, call, result, error,
+       extract(epoch FROM started_at)::float8 AS started_at,
+       extract(epoch FROM finished_at)::float8 AS finished_at, node_id
+FROM {t}job_steps WHERE job_id = $1 ORDER BY seq;
+
+-- name: park_job
+-- Parks attempt $2 of job $1, if it still runs on node $3 (else returns no row: fenced):
+-- until epoch $5 (state scheduled, woken by the promoter), or, with $6, until job $6 ends
+-- (state waiting; $6's row is flagged awaited, and its end queues this one again). A job
+-- $6 that has ended already, or does not exist, parks nothing: the caller goes on
+-- (parked false, owned true; owned is false for a stale attempt). The parked job gives back its slot; its next run is not a
+-- retry (one more attempt is allowed). $4 is the reason shown meanwhile. Returns the
+-- job's concurrency key (the caller unparks the jobs waiting for its slot) and parked.
+WITH target AS (
+    UPDATE {t}jobs SET awaited = true
+    WHERE $6::uuid IS NOT NULL AND id = $6
+      AND state IN ('scheduled', 'waiting', 'queued', 'running')
+    RETURNING id
+), parked AS (
+    UPDATE {t}jobs AS j
+    SET state = CASE WHEN $6::uuid IS NULL THEN 'scheduled' ELSE 'waiting' END::{t}job_state,
+        run_at = CASE WHEN $6::uuid IS NULL THEN to_timestamp($5) ELSE j.run_at END,
+        wake_on = $6, reason = $4, max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    WHERE j.id = $1 AND j.state = 'running' AND j.attempt = $2 AND j.node_id = $3
+      AND ($6::uuid IS NULL OR EXISTS (SELECT 1 FROM target))
+    RETURNING j.id, j.concurrency_key
+), wake AS (
+    SELECT pg_notify('{channel}', 's:' || $5::float8) FROM parked WHERE $6::uuid IS NULL
+)
+SELECT (SELECT count(*) FROM parked) > 0 AS parked,
+       EXISTS (SELECT 1 FROM {t}jobs
+               WHERE id = $1 AND state = 'running' AND attempt = $2 AND node_id = $3) AS owned,
+       (SELECT concurrency_key FROM parked) AS concurrency_key,
+       (SELECT count(*) FROM wake) >= 0 AS notified;

@@ -12,6 +12,7 @@ from .app_state import AppState
 from .errors import InvalidArgumentError, JobNotFoundError, WorkflowNotFoundError
 from .jobs import JobId, JobRecord, JobState, coerce_job_id
 from .storable import text_problem
+from .store.base import StepRecord
 from .workflows import MAX_FAILURES_SHOWN, WorkflowId, WorkflowStatus, status_from
 
 MAX_REASON_CHARS = 1000  # a cancel reason
@@ -29,6 +30,16 @@ class Controlling(AppState):
         if record is None:
             raise JobNotFoundError(job_id)
         return record
+
+    async def steps(self, job_id: JobId | str) -> list[StepRecord]:
+        """The recorded steps of a durable job (``ctx.step``, ``ctx.sleep``,
+        ``ctx.wait_for``), in call order: name, kind, state, attempt, times and error.
+        Raises ``JobNotFoundError`` if there is no such job."""
+        store = self._check_started()
+        job_id = coerce_job_id(job_id)
+        if await store.get(job_id) is None:
+            raise JobNotFoundError(job_id)
+        return await store.job_steps(job_id)
 
     async def cancel(
         self, job_id: JobId | str, *, reason: str = "cancelled by request"

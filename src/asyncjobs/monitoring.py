@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from .ids import id_floor
 from .jobs import JobId, JobRecord
-from .store.base import BusyKey, JobStats, NodeStatus, QueueCounts, RateBucket, Store, Throughput
+from .store.base import (
+    BusyKey,
+    JobStats,
+    NodeStatus,
+    QueueCounts,
+    RateBucket,
+    StepRecord,
+    Store,
+    Throughput,
+)
 
 THROUGHPUT_WINDOW_S = 60.0
 FAILURES_SHOWN = 10
@@ -112,7 +122,17 @@ def record_summary(r: JobRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def record_detail(r: JobRecord) -> dict[str, Any]:
+def step_summary(s: StepRecord) -> dict[str, Any]:
+    """One recorded step of a durable job (``asyncjobs show``, the dashboard's job page)."""
+    return {
+        "seq": s.seq, "name": s.name, "kind": s.kind, "state": s.state, "attempt": s.attempt,
+        "idempotent": s.idempotent, "started_at": s.started_at, "finished_at": s.finished_at,
+        "node_id": s.node_id,
+        "error": None if s.error is None else f"{s.error.get('type')}: {s.error.get('message')}",
+    }  # fmt: skip
+
+
+def record_detail(r: JobRecord, steps: Sequence[StepRecord] = ()) -> dict[str, Any]:
     """Everything about a job (``asyncjobs show --json``, the dashboard's job page)."""
     out = record_summary(r)
     out.update(
@@ -120,6 +140,7 @@ def record_detail(r: JobRecord) -> dict[str, Any]:
         priority=r.priority, unique_key=r.unique_key, workflow_id=r.workflow_id,
         step=r.step, schedule=r.schedule, cancel_requested=r.cancel_requested,
         queue_wait_s=r.queue_wait_s, wall_s=r.wall_s, cpu_s=r.cpu_s,
+        steps=[step_summary(s) for s in steps],
     )  # fmt: skip
     return out
 

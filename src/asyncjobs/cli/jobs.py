@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..admin import DEFAULT_PURGE_STATES, check_queue, describe_purge, purge, purge_states
+from ..clock import to_datetime
 from ..errors import JobNotFoundError
 from ..jobs import JobId, JobState, coerce_job_id
-from ..monitoring import created_since, record_detail, record_summary
+from ..monitoring import created_since, record_detail, record_summary, step_summary
 from ..store.base import TERMINAL_STATES, JobQuery
 from .common import (
     EXIT_FAILED,
@@ -186,10 +187,11 @@ async def cmd_show(args: argparse.Namespace) -> int:
     (job_id,) = _parse_ids([args.id])
     async with _open_store(args) as store:
         record = await store.get(job_id)
+        steps = await store.job_steps(job_id) if record is not None else []
     if record is None:
         raise JobNotFoundError(job_id)
     if args.json:
-        _print_json(record_detail(record))
+        _print_json(record_detail(record, steps))
         return EXIT_OK
     r = record
     print(f"job {r.id}: {r.name} [{r.state.value}]")
@@ -217,7 +219,18 @@ async def cmd_show(args: argparse.Namespace) -> int:
         print(f"  error    {r.error.get('type')}: {r.error.get('message')}")
         if r.error.get("traceback"):
             print("\n".join("    " + line for line in r.error["traceback"].rstrip().splitlines()))
+    if steps:
+        print(f"  steps    {len(steps)}")
+        _print_rows([
+            ("#", "NAME", "KIND", "STATE", "ATTEMPT", "STARTED (UTC)", "ENDED (UTC)", "ERROR"),
+            *((str(s.seq), s.name, s.kind, s.state, str(s.attempt), _step_time(s.started_at),
+               _step_time(s.finished_at), step_summary(s)["error"] or "") for s in steps),
+        ])  # fmt: skip
     return EXIT_OK
+
+
+def _step_time(when: float | None) -> str:
+    return "-" if when is None else f"{to_datetime(when):%Y-%m-%d %H:%M:%S.%f}"[:-3]
 
 
 def add_show(sub: Subparsers) -> None:

@@ -92,8 +92,9 @@ class Pages:
         if record is None:
             raise NotFound(f"There is no job {job_id} (it may have been pruned).")
         done = DONE.get(request.query_params.get("done", ""))
+        steps = await self.store.job_steps(job_id)
         return self.render.page(
-            request, "job.html", r=record, done=done,
+            request, "job.html", r=record, done=done, steps=steps,
             can_cancel=not record.state.is_terminal,
             can_retry=record.state in (JobState.FAILED, JobState.LOST),
         )  # fmt: skip

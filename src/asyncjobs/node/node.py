@@ -53,6 +53,7 @@ from .running import (
 )
 from .scheduler import run_scheduler, served
 from .stats import NodeStats
+from .steps import StepHook
 from .stopping import abandon, arm_deadlines, stop_job
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class Node:
             durable=tuple(sorted(name for name, d in app.registry.items() if d.durable)),
         )
         self.running: dict[JobId, RunningJob] = {}
+        self.step_hook: StepHook | None = None  # asyncjobs.testing's crashes, else nothing
         self.queue_limit = {q: (limit or settings.concurrency) for q, limit in settings.queues}
         self.queue_free = dict(self.queue_limit)
         self.completer = Completer(store, self.id)

@@ -17,7 +17,7 @@ from ..store.base import ClaimedJob, Outcome, Store
 if TYPE_CHECKING:
     from ..pool.handle import WorkerHandle
     from ..pool.pool import ProcessPool
-    from .steps import JobSteps
+    from .steps import JobSteps, StepHook
 
 
 # Reasons a node stops a job itself. The values are stored as the job's `reason`.
@@ -110,3 +110,6 @@ class JobRunner(Protocol):
 
     def step_ended(self, job: RunningJob, outcome: str) -> None:
         """Count a step by outcome: succeeded, failed or replayed (metrics)."""
+
+    @property
+    def step_hook(self) -> StepHook | None: ...

@@ -93,6 +93,15 @@ class StepHost(Protocol):
     def step_ended(self, job: RunningJob, outcome: str) -> None:
         """Count a step by outcome: succeeded, failed or replayed (metrics)."""
 
+    @property
+    def step_hook(self) -> StepHook | None:
+        """Called at each point of a step (``asyncjobs.testing`` simulates crashes there)."""
+
+
+# (job, seq, step name, point): point is "before" (nothing recorded yet), "during" (the step
+# recorded as running, its function not called) or "after" (its result recorded).
+StepHook = Callable[[RunningJob, int, str, str], Awaitable[None]]
+
 
 class JobSteps:
     """The steps of one running attempt (what ``ctx.step`` and friends call)."""
@@ -140,6 +149,9 @@ class JobSteps:
                 return recorded.result
             if recorded.state == "running" and not idempotent:
                 raise StepInDoubtError(job.name, name, seq)  # an earlier attempt left it so
+        hook = self._host.step_hook
+        if hook is not None:
+            await hook(job, seq, name, "before")
         started = self._host.clock.time()
         write = StepWrite(seq, "call", name, "running", idempotent, digest, call, started, None)
         if not idempotent:
@@ -147,6 +159,8 @@ class JobSteps:
             self.in_doubt = (seq, name)
         self._active = (seq, name)
         try:
+            if hook is not None:
+                await hook(job, seq, name, "during")
             value = await self._run(name, fn, args, kwargs, payload)
             data = encode_result(job.name, value, limit, step=name)
         except BaseException as exc:
@@ -165,6 +179,8 @@ class JobSteps:
         self._active = self.in_doubt = None
         self.completed += 1
         self._host.step_ended(job, "succeeded")
+        if hook is not None:
+            await hook(job, seq, name, "after")
         # The job sees what a replay will give it: the value as JSON gave it back.
         return orjson.loads(data)
 

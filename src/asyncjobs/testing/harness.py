@@ -157,6 +157,8 @@ class Harness:
         self._names: dict[tuple[JobId, int], str] = {}
         self._ran: list[Ran] = []
         self._outcomes: list[Outcome] = []
+        self._crash_points: list[tuple[str, str, JobId | None]] = []
+        self._crashing = False
 
     @property
     def store(self) -> Store:
@@ -168,20 +170,26 @@ class Harness:
         return list(self._ran)
 
     async def __aenter__(self) -> Harness:
-        from ..node.node import Node
-
         app = self.app
         if not self.inline:  # before any connection exists, as App.start does
             self._pool = await start_pool(app.settings, app.registry, app.preloads)
         try:
             await app.start(node=False)
-            node = Node(app, app.store, app.settings, self._pool)
-            await app.store.register_node(node.info)
+            node = await self._new_node()
             for defn in node.schedules():
                 await app.store.sync_schedule(defn, self.clock.time())
         except BaseException:
             await self._close()
             raise
+        self.clock._harness = self
+        return self
+
+    async def _new_node(self) -> Node:
+        from ..node.node import Node
+
+        app = self.app
+        node = Node(app, app.store, app.settings, self._pool)
+        await app.store.register_node(node.info)
         add = node.completer.add
 
         def record(outcome: Outcome, key: str | None = None) -> None:
@@ -189,9 +197,9 @@ class Harness:
             add(outcome, key)
 
         node.completer.add = record  # type: ignore[method-assign]
+        node.step_hook = self._at_step
         self._node = node
-        self.clock._harness = self
-        return self
+        return node
 
     async def __aexit__(self, *exc_info: object) -> None:
         node = self._node
@@ -213,6 +221,55 @@ class Harness:
             if pool is not None:
                 await pool.close()
 
+    # -- crashes -------------------------------------------------------------------------------
+
+    def crash_at(self, step: str, *, when: str = "during", job: JobId | str | None = None) -> None:
+        """Make the node die the next time a running job (``job``, or any) reaches a point of
+        the step named ``step`` (``ctx.step``):
+
+        - ``"before"``: between the step before and this one; nothing of it is recorded;
+        - ``"during"``: recorded as running (in doubt, unless it is idempotent), its function
+          not called yet;
+        - ``"after"``: its result recorded, before the job goes on.
+
+        There, the node dies as a killed process would: nothing more of it is written.
+        ``run_until_idle`` (or ``advance``) then does what another node would: reaps it (a
+        durable job is queued again, a job with a step in doubt ends ``lost``, the others as
+        the delivery table says) and goes on with a new node, which runs what was re-queued.
+        """
+        if when not in ("before", "during", "after"):
+            raise HarnessError(f"crash_at(when={when!r}): use 'before', 'during' or 'after'")
+        self._crash_points.append((step, when, None if job is None else coerce_job_id(job)))
+
+    async def crash(self) -> None:
+        """Make the node die now, with every running job where it is (see ``crash_at``), and
+        let another node take over, as ``run_until_idle`` does after a crash point."""
+        self._require_node()
+        await self._take_over()
+
+    async def _at_step(self, job: Any, seq: int, name: str, point: str) -> None:
+        for spec in self._crash_points:
+            step, when, job_id = spec
+            if step == name and when == point and job_id in (None, job.id):
+                self._crash_points.remove(spec)
+                self._crashing = True
+                await asyncio.Event().wait()  # the process is gone: this job never goes on
+
+    async def _take_over(self) -> None:
+        """Reap the current node as a dead one, and replace it."""
+        self._crashing = False
+        dead = self._require_node()
+        dead.completer.add = lambda outcome, key=None: None  # type: ignore[method-assign]
+        store = self.app.store
+        await store.deregister_node(dead.id)  # stopped: any other node may reap it now
+        node = await self._new_node()
+        await store.reap(node.id, self.app.settings.node_timeout_s, 100)
+        tasks = [j.task for j in dead.running.values() if j.task is not None]
+        for task in tasks:  # their writes are fenced now: the jobs are no longer theirs
+            task.cancel()
+        with anyio.move_on_after(5):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- running -------------------------------------------------------------------------------
 
     async def run_until_idle(self, *, timeout: float = 30.0) -> list[Ran]:
@@ -228,6 +285,9 @@ class Harness:
         deadline = loop.time() + timeout
         first = len(self._ran)
         while True:
+            if self._crashing:
+                await self._take_over()
+                node = self._require_node()
             now = self.clock.time()
             progressed = await self._fire_schedules(node, now)
             while True:
@@ -245,6 +305,8 @@ class Harness:
                 with anyio.move_on_after(0 if progressed else IDLE_POLL_S):
                     await node.wait_idle()
                 await asyncio.sleep(0)  # let tasks that just ended hand in their outcome
+                if self._crashing:
+                    continue
             if node.completer.buffered:
                 await node.completer.flush()
                 self._collect()

@@ -130,9 +130,27 @@ class JobSteps:
         self._check_callable(name, fn, idempotent)
         limit = self._host.settings.max_payload_bytes
         payload = encode_args(job.name, args, kwargs, limit, step=name)
-        digest = hashlib.blake2b(payload, digest_size=16).digest()
         call = payload[:CALL_SHOWN_CHARS].decode(errors="replace")
         seq = self._next_seq()
+        self._active = (seq, name)  # before any await: a second step meanwhile is refused
+        try:
+            return await self._call(seq, name, fn, args, kwargs, idempotent, payload, call)
+        finally:
+            self._active = None
+
+    async def _call(
+        self,
+        seq: int,
+        name: str,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotent: bool,
+        payload: bytes,
+        call: str,
+    ) -> Any:
+        job, limit = self._job, self._host.settings.max_payload_bytes
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
         recorded = (await self._replay()).get(seq)
         if recorded is not None:
             if recorded.kind != "call" or recorded.name != name:
@@ -157,14 +175,12 @@ class JobSteps:
         if not idempotent:
             await self._record(write, f"step {name!r} (#{seq})")
             self.in_doubt = (seq, name)
-        self._active = (seq, name)
         try:
             if hook is not None:
                 await hook(job, seq, name, "during")
             value = await self._run(name, fn, args, kwargs, payload)
             data = encode_result(job.name, value, limit, step=name)
         except BaseException as exc:
-            self._active = None
             if isinstance(exc, asyncio.CancelledError) and job.stop_reason == STOP_SHUTDOWN:
                 raise  # interrupted by a shutdown: left as it is (in doubt unless idempotent)
             self.in_doubt = None
@@ -176,7 +192,7 @@ class JobSteps:
             raise
         done = write._replace(state="succeeded", finished_at=self._host.clock.time(), result=data)
         await self._record(done, f"the result of step {name!r} (#{seq})")
-        self._active = self.in_doubt = None
+        self.in_doubt = None
         self.completed += 1
         self._host.step_ended(job, "succeeded")
         if hook is not None:

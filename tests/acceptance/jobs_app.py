@@ -1,7 +1,9 @@
 """The app the acceptance tests run in node subprocesses (``tests.acceptance.jobs_app:app``).
 
 Its jobs record what they do into ``<schema>.acceptance_runs`` (created by the tests), so a test
-can see from outside which attempt of which job ran, where, and whether it got to its end. The
+can see from outside which attempt of which job ran, where, and whether it got to its end; the
+steps of the durable job ``provision`` record each execution in ``<schema>.acceptance_step_runs``
+(created by the tests that use it), so that "never ran twice" is counted, not assumed. The
 node process finds the database and schema in ``ASYNCJOBS_DSN`` and ``ASYNCJOBS_SCHEMA``, the
 same variables its settings come from.
 
@@ -14,6 +16,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -30,6 +36,32 @@ CREATE TABLE IF NOT EXISTS {schema}.acceptance_runs (
     at      timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
+
+
+STEP_RUNS_TABLE = "acceptance_step_runs"
+STEP_RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS {schema}.acceptance_step_runs (
+    token   uuid PRIMARY KEY,        -- one per execution: an insert retried is not doubled
+    job_id  uuid NOT NULL,
+    attempt integer NOT NULL,
+    event   text NOT NULL,           -- step:<name>, between, cancel-ignored:<name>, raised:...
+    pid     integer NOT NULL,        -- the node process that ran it
+    at      timestamptz NOT NULL DEFAULT clock_timestamp()
+)
+"""
+# The five steps of the durable job `provision`, in order; the third is the one tests kill.
+PROVISION_STEPS = ("reserve_quota", "allocate_ip", "create_disk", "boot_vm", "notify_owner")
+HOLD_S = 600.0  # how long a first attempt holds: until the test has killed or cut its node
+RECORD_RETRY_S = 60.0  # how long a step's record of its run is retried while Postgres is away
+_RECORD_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
 
 
 class _RunsPool:
@@ -64,6 +96,70 @@ async def record_event(ctx: JobContext, event: str) -> None:
         event,
         os.getpid(),
     )
+
+
+async def record_step_event(ctx: JobContext, event: str) -> None:
+    """Record one execution in acceptance_step_runs, outside the job tables: retried while
+    Postgres is unreachable (a restart, a cut proxy), never doubled (one token per call)."""
+    schema = os.environ["ASYNCJOBS_SCHEMA"]
+    token = uuid.uuid4()
+    deadline = time.monotonic() + RECORD_RETRY_S
+    while True:
+        try:
+            pool = await _runs_pool.get()
+            await pool.execute(
+                f"INSERT INTO {schema}.{STEP_RUNS_TABLE} (token, job_id, attempt, event, pid) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token) DO NOTHING",
+                token, ctx.job_id, ctx.attempt, event, os.getpid(),
+            )  # fmt: skip
+            return
+        except _RECORD_ERRORS:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+_background: set[asyncio.Task[None]] = set()  # shielded records, referenced until done
+
+
+async def _shielded(record: Coroutine[Any, Any, None]) -> None:
+    """Await ``record``, which a cancel of the caller does not stop (it completes anyway)."""
+    task = asyncio.ensure_future(record)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    await asyncio.shield(task)
+
+
+def _provision_step(
+    ctx: JobContext, name: str, hold: bool, gate: str, stubborn: bool
+) -> Callable[[str], Awaitable[dict[str, Any]]]:
+    """The function of one step of `provision`: records that it ran, holds if told to, and
+    returns who ran it (so a replay shows the recorded result, not a new one)."""
+
+    async def run(vm: str) -> dict[str, Any]:
+        await record_step_event(ctx, f"step:{name}")
+        if hold:
+            await _hold(ctx, name, gate, stubborn)
+        return {"step": name, "vm": vm, "attempt": ctx.attempt, "pid": os.getpid()}
+
+    return run
+
+
+async def _hold(ctx: JobContext, name: str, gate: str, stubborn: bool) -> None:
+    """Until the file ``gate`` exists (HOLD_S without one). ``stubborn``: a cancel does not
+    stop it, as an external call that cannot be taken back would not stop (it is recorded)."""
+    deadline = time.monotonic() + HOLD_S
+    # A stat of a local file 20 times a second does not need a thread.
+    while not (gate and os.path.exists(gate)) and time.monotonic() < deadline:  # noqa: ASYNC240
+        try:
+            await asyncio.sleep(0.05 if gate else HOLD_S)
+        except asyncio.CancelledError:
+            if not stubborn:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await record_step_event(ctx, f"cancel-ignored:{name}")
 
 
 def build_app(settings: Settings | None = None) -> App:
@@ -142,6 +238,38 @@ def build_app(settings: Settings | None = None) -> App:
         if seconds:
             await asyncio.sleep(seconds)
         note_run(ctx)
+
+    @app.job(durable=True)
+    async def provision(
+        ctx: JobContext,
+        vm: str,
+        hold: str = "",
+        idempotent_step3: bool = False,
+        gate: str = "",
+        stubborn: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Durable, at most once: the five PROVISION_STEPS, each recording its run
+        ('step:<name>') and returning who ran it. Its first attempt holds (a node gets killed
+        or cut off meanwhile): inside step 3 (``hold="step"``), or between steps 2 and 3,
+        outside any step (``hold="between"``, recorded as 'between'); until the file ``gate``
+        exists if one is given. Step 3 is idempotent if ``idempotent_step3``. A step that
+        raises is recorded as 'raised:<name>:<error type>'."""
+        done = []
+        for seq, name in enumerate(PROVISION_STEPS, 1):
+            third_of_first_run = seq == 3 and ctx.attempt == 1
+            if third_of_first_run and hold == "between":
+                await record_step_event(ctx, "between")
+                await _hold(ctx, "between", gate, stubborn=False)
+            # What the step does differs by attempt, its arguments do not: a replay matches.
+            fn = _provision_step(ctx, name, third_of_first_run and hold == "step", gate, stubborn)
+            try:
+                result = await ctx.step(name, fn, vm, idempotent=seq == 3 and idempotent_step3)
+            except BaseException as exc:  # a cancel too: the rejoin of a reaped node
+                # Shielded: a cancel landing meanwhile must not lose the record.
+                await _shielded(record_step_event(ctx, f"raised:{name}:{type(exc).__name__}"))
+                raise
+            done.append(result)
+        return done
 
     return app
 

@@ -46,6 +46,8 @@ class BeatingNode(Protocol):
 
     def heartbeat_succeeded(self) -> None: ...
 
+    def heartbeat_failed(self) -> None: ...
+
     async def rejoin(self) -> None:
         """It was reaped: stop its jobs and register again under a new id."""
 
@@ -60,6 +62,7 @@ async def run_heartbeat(node: BeatingNode, interval: float) -> None:
             result = await beat(node)
         except StoreError as exc:
             log_store_error(exc, "heartbeat of node %s failed", node.id)
+            node.heartbeat_failed()
             wait = min(interval, RETRY_MIN_S if wait >= interval else wait * 2)
             continue
         wait = interval

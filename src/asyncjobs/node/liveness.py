@@ -4,6 +4,12 @@ A node that has gone ``node_timeout_s`` without a heartbeat may have been reaped
 (DESIGN §10), so it fences itself: it claims nothing until a heartbeat succeeds again. Its
 running jobs go on and their outcomes stay buffered; the heartbeat decides whether it must
 rejoin under a new id.
+
+The same judgement keeps a node from reaping others too soon: a node reaps only once it has
+been in touch with the database, without a failed heartbeat, for ``node_timeout_s``. After
+an outage that every node lived through, each one's last heartbeat is old; without this,
+the first node back would reap the others, alive and about to heartbeat, and lose their
+at-most-once jobs.
 """
 
 from __future__ import annotations
@@ -24,12 +30,22 @@ class Liveness:
         self._timeout = node_timeout_s
         self._node_id = node_id
         self._last_beat = time.monotonic()  # registration counts as the first heartbeat
+        self._in_touch_since: float | None = self._last_beat  # since the last failed beat
         self._fenced = False
         self._beat_ok = anyio.Event()
 
     def registered(self) -> None:
         """The node (re)registered: that counts as a heartbeat."""
-        self._last_beat = time.monotonic()
+        self._last_beat = self._in_touch_since = time.monotonic()
+
+    def heartbeat_failed(self) -> None:
+        self._in_touch_since = None
+
+    def may_reap(self) -> bool:
+        """True once the node has been in touch for ``node_timeout_s``: long enough that a
+        live node would have heartbeated meanwhile."""
+        since = self._in_touch_since
+        return since is not None and time.monotonic() - since >= self._timeout
 
     def may_claim(self) -> bool:
         """False once the node has gone ``node_timeout_s`` without a heartbeat."""
@@ -47,6 +63,8 @@ class Liveness:
 
     def heartbeat_succeeded(self) -> None:
         self._last_beat = time.monotonic()
+        if self._in_touch_since is None:
+            self._in_touch_since = self._last_beat
         if self._fenced:
             self._fenced = False
             log.warning("node %s heartbeats again: claiming resumes", self._node_id())

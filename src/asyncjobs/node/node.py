@@ -163,7 +163,7 @@ class Node:
                 services.start_soon(self.promoter.run)
                 services.start_soon(
                     run_reaper, store, current_id, settings.heartbeat_interval_s,
-                    settings.node_timeout_s,
+                    settings.node_timeout_s, self.liveness.may_reap,
                 )  # fmt: skip
                 services.start_soon(
                     run_pruner, store, current_id, settings.prune_interval_s,
@@ -272,6 +272,9 @@ class Node:
 
     def heartbeat_succeeded(self) -> None:
         self.liveness.heartbeat_succeeded()
+
+    def heartbeat_failed(self) -> None:
+        self.liveness.heartbeat_failed()
 
     async def wait_until_heartbeat_succeeds(self) -> None:
         await self.liveness.wait_until_heartbeat_succeeds()

@@ -25,13 +25,20 @@ REAP_BATCH = 100  # most nodes reaped in one statement
 
 
 async def run_reaper(
-    store: Store, node_id: Callable[[], JobId], interval_s: float, node_timeout_s: float
+    store: Store,
+    node_id: Callable[[], JobId],
+    interval_s: float,
+    node_timeout_s: float,
+    may_reap: Callable[[], bool] = lambda: True,
 ) -> None:
     """Every ``interval_s`` or so, reap the nodes silent for over ``node_timeout_s``.
-    ``node_id`` gives this node's id, which changes when it rejoins."""
+    ``node_id`` gives this node's id, which changes when it rejoins; ``may_reap`` says
+    whether this node has been in touch long enough to judge others (liveness.py)."""
     while True:
         # Spread over the interval, so that the nodes of a cluster do not all look at once.
         await anyio.sleep(interval_s * random.uniform(0.75, 1.25))
+        if not may_reap():
+            continue
         try:
             reaped = await store.reap(node_id(), node_timeout_s, REAP_BATCH)
         except StoreError as exc:

@@ -21,7 +21,7 @@ import asyncpg
 import psutil
 
 import asyncjobs
-from asyncjobs import App, JobDef, Settings
+from asyncjobs import App, JobContext, JobDef, Settings
 from asyncjobs.app import make_store
 
 from . import fault_jobs
@@ -44,8 +44,8 @@ _STATES = frozenset(
 
 # -- the jobs ----------------------------------------------------------------------------------
 # Plain functions, registered on each benchmark's app (and in bench.node_proc), so the job names
-# ("noop", "stamp", "sleeper", and those of bench.fault_jobs) match between a producer and a
-# node in another process.
+# ("noop", "stamp", "sleeper", "nap", and those of bench.fault_jobs) match between a producer
+# and a node in another process.
 
 
 async def noop() -> None:
@@ -61,12 +61,21 @@ async def sleeper(seconds: float = 30.0) -> None:
     await asyncio.sleep(seconds)
 
 
+async def nap(ctx: JobContext, seconds: float) -> float:
+    """A durable job that parks once in ``ctx.sleep``; returns the wall time at which the run
+    that got past the sleep started (its resume: the end point of the wake-up lag)."""
+    started = time.time()
+    await ctx.sleep(seconds)
+    return started
+
+
 class Jobs(NamedTuple):
     noop: JobDef[[], None]
     stamp: JobDef[[], float]
     sleeper: JobDef[[float], None]
     hold_first_attempt: JobDef[[float], int]
     note: JobDef[[float], None]
+    nap: JobDef[[float], float]
 
 
 def make_app(dsn: str, schema: str, **settings: Any) -> tuple[App, Jobs]:
@@ -82,6 +91,7 @@ def register_jobs(app: App) -> Jobs:
         app.job(sleeper),
         app.job(retry=fault_jobs.HOLD_RETRY)(fault_jobs.hold_first_attempt),
         app.job(fault_jobs.note),
+        app.job(durable=True)(nap),
     )
 
 

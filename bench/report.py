@@ -26,7 +26,7 @@ FigureDoc = dict[str, Any]
 
 
 def _fmt(value: float, unit: str) -> str:
-    if unit in ("jobs/s", "B/job"):
+    if unit in ("jobs/s", "B/job", "B/step"):
         return f"{value:,.0f}"
     if unit in ("ms", "\N{MULTIPLICATION SIGN}"):
         return f"{value:,.2f}"

@@ -31,6 +31,7 @@ class RunningJob:
     """What the node keeps for one running attempt."""
 
     __slots__ = (
+        "__weakref__",  # JobSteps refers back to its job weakly
         "attempt",
         "concurrency_key",
         "cpu",

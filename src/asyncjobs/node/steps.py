@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext, suppress
 from datetime import timedelta
@@ -108,7 +109,10 @@ class JobSteps:
 
     def __init__(self, host: StepHost, job: RunningJob, durable: bool) -> None:
         self._host = host
-        self._job = job
+        # Weak: the job holds its context, which holds this; a strong reference back would
+        # make every finished (or parked) job wait for the cycle collector to be freed.
+        self._job_ref = weakref.ref(job)
+        self._job_name, self._job_id = job.name, job.id
         self._durable = durable
         self._recorded: dict[int, StepRecord] | None = None
         self._seq = 0
@@ -121,15 +125,23 @@ class JobSteps:
     def durable(self) -> bool:
         return self._durable
 
+    @property
+    def _job(self) -> RunningJob:
+        job = self._job_ref()
+        if job is None:  # pragma: no cover - only a kept ctx outlives its job, and is ended
+            raise InvalidArgumentError(
+                "step", "job", self._job_name, f"job {self._job_name!r} ({self._job_id}) has ended"
+            )
+        return job
+
     # -- ctx.step ----------------------------------------------------------------------------
 
     async def call(
         self, name: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], idempotent: bool
     ) -> Any:
-        job = self._job
         self._check_callable(name, fn, idempotent)
         limit = self._host.settings.max_payload_bytes
-        payload = encode_args(job.name, args, kwargs, limit, step=name)
+        payload = encode_args(self._job_name, args, kwargs, limit, step=name)
         call = payload[:CALL_SHOWN_CHARS].decode(errors="replace")
         seq = self._next_seq()
         self._active = (seq, name)  # before any await: a second step meanwhile is refused
@@ -201,12 +213,13 @@ class JobSteps:
         return orjson.loads(data)
 
     def _check_callable(self, name: Any, fn: Any, idempotent: Any) -> None:
-        job = self._job
         if self.ended:
             raise InvalidArgumentError(
                 "step", "name", name,
-                f"job {job.name!r} ({job.id}) has ended; a step can only run while its job does",
+                f"job {self._job_name!r} ({self._job_id}) has ended; a step can only run while "
+                "its job does",
             )  # fmt: skip
+        job = self._job
         if not isinstance(name, str) or not 0 < len(name) <= MAX_STEP_NAME_CHARS:
             raise InvalidArgumentError(
                 "step", "name", name, f"use a string of 1 to {MAX_STEP_NAME_CHARS} characters"
@@ -374,10 +387,10 @@ class JobSteps:
 
     def _check_not_ended(self, what: str) -> None:
         if self.ended:
-            job = self._job
             raise InvalidArgumentError(
-                what, "job", job.name,
-                f"job {job.name!r} ({job.id}) has ended; ctx.{what} only works while it runs",
+                what, "job", self._job_name,
+                f"job {self._job_name!r} ({self._job_id}) has ended; ctx.{what} only works "
+                "while it runs",
             )  # fmt: skip
         if self._active is not None:
             seq, running = self._active

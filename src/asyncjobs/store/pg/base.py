@@ -75,6 +75,7 @@ class PgStoreBase:
         self._enqueue_lane = Lane(self._connect, lambda: self.pool)
         self._claim_lane = Lane(self._connect, lambda: self.pool)
         self._complete_lane = Lane(self._connect, lambda: self.pool)
+        self._step_lane = Lane(self._connect, lambda: self.pool)  # durable jobs' step records
         parts = urlsplit(self.dsn)
         host = parts.hostname or "localhost"
         port = parts.port or 5432
@@ -108,7 +109,7 @@ class PgStoreBase:
         return con
 
     async def close(self) -> None:
-        for lane in (self._enqueue_lane, self._claim_lane, self._complete_lane):
+        for lane in (self._enqueue_lane, self._claim_lane, self._complete_lane, self._step_lane):
             lane.close()
         pool, self._pool = self._pool, None
         if pool is not None:

@@ -20,8 +20,8 @@ class StepsMixin(PgStoreBase):
     async def record_step(
         self, node_id: JobId, job_id: JobId, attempt: int, step: StepWrite
     ) -> bool:
-        async with self._errors():
-            seq = await self.pool.fetchval(
+        async with self._errors(), self._step_lane.connection() as con:
+            seq = await con.fetchval(
                 self.q["record_step"], job_id, attempt, node_id, *_step_args(step)
             )
         return seq is not None
@@ -49,6 +49,8 @@ class StepsMixin(PgStoreBase):
                 )
                 if recorded is None:
                     return ParkResult(False, False, None)
+            # Two statements, so that the second sees the rows as they are once locked.
+            await con.execute(self.q["park_lock"], job_id, wait_on)
             row = await con.fetchrow(
                 self.q["park_job"], job_id, attempt, node_id, reason, until, wait_on
             )

@@ -787,16 +787,17 @@ WHERE (SELECT count(*) FROM edges) >= 0 AND (SELECT count(*) FROM woken) >= 0
 -- $3; nothing otherwise, and then it returns no row (a stale attempt: fenced). The job's row
 -- is held (FOR SHARE) until the commit, which is what reap_lock waits for: a step recorded
 -- as running is seen by the reaper of its node. Written again, a step's record is replaced.
+-- The row is found by its primary key alone and the fence tested on it (ADR 0002: any other
+-- condition here could make stale statistics pick the index of the node's running jobs).
 WITH job AS (
-    SELECT id FROM {t}jobs
-    WHERE id = $1 AND state = 'running' AND attempt = $2 AND node_id = $3
-    FOR SHARE
+    SELECT id, state, attempt, node_id FROM {t}jobs WHERE id = $1 FOR SHARE
 )
 INSERT INTO {t}job_steps AS s (job_id, seq, attempt, idempotent, started_at, finished_at,
                                node_id, kind, state, name, digest, call, result, error)
 SELECT job.id, $4, $2, $5, to_timestamp($10), to_timestamp($11), $3, $6, $8, $7, $9, $12, $13,
        $14
 FROM job
+WHERE job.state = 'running' AND job.attempt = $2 AND job.node_id = $3
 ON CONFLICT (job_id, seq) DO UPDATE
 SET attempt = EXCLUDED.attempt, idempotent = EXCLUDED.idempotent,
     started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
@@ -812,6 +813,12 @@ SELECT seq, kind, state, name, attempt, idempotent, digest, call, result, error,
        extract(epoch FROM finished_at)::float8 AS finished_at, node_id
 FROM {t}job_steps WHERE job_id = $1 ORDER BY seq;
 
+-- name: park_lock
+-- Locks, by primary key, the job $2 a park waits for (if any), then the parking job $1, in
+-- that order; park_job then decides under a snapshot taken after these locks.
+SELECT (SELECT id FROM {t}jobs WHERE $2::uuid IS NOT NULL AND id = $2 FOR UPDATE) AS other,
+       (SELECT id FROM {t}jobs WHERE id = $1 FOR UPDATE) AS job;
+
 -- name: park_job
 -- Parks attempt $2 of job $1, if it still runs on node $3 (else returns no row: fenced):
 -- until epoch $5 (state scheduled, woken by the promoter), or, with $6, until job $6 ends
@@ -820,24 +827,33 @@ FROM {t}job_steps WHERE job_id = $1 ORDER BY seq;
 -- (parked false, owned true; owned is false for a stale attempt). The parked job gives back its slot; its next run is not a
 -- retry (one more attempt is allowed). $4 is the reason shown meanwhile. Returns the
 -- job's concurrency key (the caller unparks the jobs waiting for its slot) and parked.
-WITH target AS (
-    UPDATE {t}jobs SET awaited = true
-    WHERE $6::uuid IS NOT NULL AND id = $6
-      AND state IN ('scheduled', 'waiting', 'queued', 'running')
-    RETURNING id
+-- Both rows are found by primary key alone and tested (ADR 0002), then updated by tid,
+-- under the locks park_lock took in the same transaction, the awaited job's first: its end,
+-- which takes the same lock, is either seen here (nothing parks) or comes after (and then
+-- sees this job parked).
+WITH other AS (
+    SELECT ctid, state FROM {t}jobs WHERE $6::uuid IS NOT NULL AND id = $6 FOR UPDATE
+), target AS (
+    UPDATE {t}jobs AS j SET awaited = true
+    FROM other AS o
+    WHERE j.ctid = o.ctid AND o.state IN ('scheduled', 'waiting', 'queued', 'running')
+    RETURNING j.id
+), me AS (
+    SELECT ctid, state, attempt, node_id FROM {t}jobs WHERE id = $1 FOR UPDATE
+), owned AS (
+    SELECT ctid FROM me WHERE state = 'running' AND attempt = $2 AND node_id = $3
 ), parked AS (
     UPDATE {t}jobs AS j
     SET state = CASE WHEN $6::uuid IS NULL THEN 'scheduled' ELSE 'waiting' END::{t}job_state,
         run_at = CASE WHEN $6::uuid IS NULL THEN to_timestamp($5) ELSE j.run_at END,
         wake_on = $6, reason = $4, max_attempts = greatest(j.max_attempts, j.attempt + 1)
-    WHERE j.id = $1 AND j.state = 'running' AND j.attempt = $2 AND j.node_id = $3
-      AND ($6::uuid IS NULL OR EXISTS (SELECT 1 FROM target))
+    FROM owned AS o
+    WHERE j.ctid = o.ctid AND ($6::uuid IS NULL OR EXISTS (SELECT 1 FROM target))
     RETURNING j.id, j.concurrency_key
 ), wake AS (
     SELECT pg_notify('{channel}', 's:' || $5::float8) FROM parked WHERE $6::uuid IS NULL
 )
 SELECT (SELECT count(*) FROM parked) > 0 AS parked,
-       EXISTS (SELECT 1 FROM {t}jobs
-               WHERE id = $1 AND state = 'running' AND attempt = $2 AND node_id = $3) AS owned,
+       EXISTS (SELECT 1 FROM owned) AS owned,
        (SELECT concurrency_key FROM parked) AS concurrency_key,
        (SELECT count(*) FROM wake) >= 0 AS notified;

@@ -107,7 +107,8 @@ def _machine_lines(m: dict[str, Any], *, one_run: bool) -> list[str]:
     pg = m["postgres_settings"]
     lines = [
         f"- **Machine:** {m['cores_logical']} logical cores ({m['cores_physical']} physical), "
-        f"{ram_gib:.1f} GiB RAM, {m['cpu_model']}, {m['os']}",
+        f"{ram_gib:.1f} GiB RAM, {m['cpu_model']}, {m['os']}"
+        + ("" if one_run else " (the newest run's; each run above names its own)"),
     ]
     if one_run:  # otherwise each run's load and commit are on its own line
         lines.append(
@@ -157,7 +158,8 @@ def _source_lines(runs: list[list[dict[str, Any]]]) -> list[str]:
         load = " ".join(map(str, m["load_average"]))
         lines.append(
             f"  - {_when(first):%Y-%m-%d %H:%M} UTC, `{first['command']}`, {repeats}, "
-            f"commit {m['commit']}, load average {load}: {names}"
+            f"commit {m['commit']}, load average {load}, on {m['cpu_model']} "
+            f"({m['os']}): {names}"
         )
     return lines
 

@@ -18,6 +18,7 @@ import orjson
 from asyncjobs import App
 from tests.helpers import wait_until
 
+from .jobs_app import PROVISION_STEPS, STEP_RUNS_DDL
 from .nodes import CLI, EXAMPLE_APP, ROOT, NodeRunner, describe, run_cli, subprocess_env
 
 
@@ -370,3 +371,26 @@ async def run_on_a_terminal(
         os.close(slave)
     assert proc.returncode is not None
     return subprocess.CompletedProcess(args, proc.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_show_lists_the_steps_of_a_durable_job(
+    nodes: NodeRunner, producer: App, pg_dsn: str, pg_schema: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(STEP_RUNS_DDL.format(schema=pg_schema))
+    env = subprocess_env(pg_dsn, pg_schema)
+    await nodes.start(env=env)
+    job_id = await producer.enqueue("provision", "vm-9")
+    await producer.result(job_id, timeout=30)
+
+    shown = await run_cli("show", str(job_id), env=env)
+    assert shown.returncode == 0, describe(shown)
+    lines = shown.stdout.splitlines()
+    assert "  steps    5" in lines, describe(shown)
+    at = lines.index("  steps    5")
+    assert lines[at + 1].split()[:5] == ["#", "NAME", "KIND", "STATE", "ATTEMPT"], describe(shown)
+    assert [line.split()[:4] for line in lines[at + 2 : at + 7]] == [
+        [str(seq), name, "call", "succeeded"] for seq, name in enumerate(PROVISION_STEPS, 1)
+    ], describe(shown)
+    detail = orjson.loads((await run_cli("show", str(job_id), "--json", env=env)).stdout)
+    assert [s["name"] for s in detail["steps"]] == list(PROVISION_STEPS)
+    assert {s["state"] for s in detail["steps"]} == {"succeeded"}

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from asyncjobs import App, JobFailedError, Settings, chain
+from asyncjobs import App, JobContext, JobFailedError, Settings, chain
 from asyncjobs.dashboard import create_app, serve
 from asyncjobs.dashboard.auth import COOKIE
 from asyncjobs.errors import ConfigurationError
@@ -277,3 +277,33 @@ def test_the_dashboard_refuses_a_missing_or_short_token() -> None:
         with pytest.raises(ConfigurationError, match="dashboard_token") as info:
             create_app(MemoryStore(), token)
         assert "short" not in str(info.value)  # the value is never shown
+
+
+async def test_the_job_page_of_a_durable_job_lists_its_steps(pg_settings: Settings) -> None:
+    app = App(settings=pg_settings.replace(queues="default"))
+
+    async def act(what: str) -> str:
+        return what
+
+    @app.job(durable=True)
+    async def provision(ctx: JobContext) -> None:
+        await ctx.step("create_vm", act, "vm")
+        await ctx.step("create_disk", act, "disk", idempotent=True)
+        await ctx.step("fails", _broken)
+
+    async with app:
+        job_id = await app.enqueue(provision)
+        with contextlib.suppress(JobFailedError):
+            await app.result(job_id, timeout=TIMEOUT)
+        transport = httpx.ASGITransport(create_app(app.store, TOKEN))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as web:
+            page = (await web.get(f"/jobs/{job_id}", headers=BEARER)).text
+    assert "<h2>Steps</h2>" in page
+    for name in ("create_vm", "create_disk", "fails"):
+        assert f'<td class="mono">{name}</td>' in page
+    assert "RuntimeError: the array is read-only" in page
+    assert page.count("state-succeeded") >= 2 and "state-failed" in page
+
+
+async def _broken() -> None:
+    raise RuntimeError("the array is read-only")

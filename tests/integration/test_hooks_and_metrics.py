@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncjobs import App, ConfigurationError, Event, JobFailedError, Retry, Settings
+from asyncjobs import App, ConfigurationError, Event, JobContext, JobFailedError, Retry, Settings
 from tests.helpers import wait_until
 
 TIMEOUT = 30
@@ -222,3 +222,27 @@ async def test_a_metrics_port_in_use_is_a_clear_error(any_settings: Settings) ->
         with pytest.raises(ConfigurationError, match=f"cannot listen on 127.0.0.1:{port}"):
             async with app:
                 await wait_until(lambda: False, timeout=TIMEOUT, what="the node to fail")
+
+
+async def test_the_metrics_count_steps_by_outcome(any_settings: Settings) -> None:
+    port = free_port()
+    app = make(any_settings, metrics_port=port)
+
+    async def act() -> int:
+        return 1
+
+    async def broken() -> None:
+        raise RuntimeError("no")
+
+    @app.job(durable=True)
+    async def stepped(ctx: JobContext) -> None:
+        await ctx.step("one", act)
+        await ctx.step("two", act, idempotent=True)
+        await ctx.step("three", broken)
+
+    async with app:
+        with contextlib.suppress(JobFailedError):
+            await app.result(await app.enqueue(stepped), timeout=TIMEOUT)
+        text = await anyio.to_thread.run_sync(scrape, port)
+    assert 'asyncjobs_steps_total{name="stepped",outcome="succeeded"} 2.0' in text
+    assert 'asyncjobs_steps_total{name="stepped",outcome="failed"} 1.0' in text

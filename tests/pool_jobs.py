@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asyncjobs import App, JobContext, Retry, Settings
+from asyncjobs import App, JobContext, Retry, RetryRequested, Settings
 from asyncjobs.errors import JobInterrupted, SoftTimeLimitExceeded
 from asyncjobs.store.base import Store
 
@@ -123,6 +123,14 @@ def build_app(settings: Settings, store: Store | None = None, **options: Any) ->
     app.job(isolated=True, retry=Retry(attempts=2, backoff=0.0, jitter=0.0, on=(Boom,)))(
         crash_on_first_attempt
     )
+    app.job(isolated=True, retry=Retry(attempts=2, backoff=0.0, on=(Boom,)))(retry_later)
     if options.get("preload"):
         app.preload(options["preload"])
     return app
+
+
+def retry_later(ctx: JobContext, seconds: float) -> int:
+    """Asks to be run again in ``seconds``, once; then returns its attempt."""
+    if ctx.attempt == 1:
+        raise RetryRequested(seconds, ConnectionError("busy"))
+    return ctx.attempt

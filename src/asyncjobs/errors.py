@@ -367,6 +367,26 @@ class JobTimeoutError(AsyncJobsError, TimeoutError):
         super().__init__(f"job {name!r} exceeded its {kind} time limit of {limit:g} s")
 
 
+class RetryRequested(AsyncJobsError):
+    """Raised by a job to be run again: after ``delay`` seconds, or its policy's backoff.
+
+    It is retried if the job has attempts left, whatever exception types its ``Retry``
+    names; otherwise it fails, with ``cause`` (if given) as its error's message. What
+    Celery's ``self.retry(countdown=..., exc=...)`` does.
+    """
+
+    def __init__(self, delay: float | None = None, cause: BaseException | None = None) -> None:
+        if delay is not None and (
+            isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0
+        ):
+            raise ValueError(f"RetryRequested(delay={delay!r}): use zero or more seconds")
+        self.delay = None if delay is None else float(delay)
+        self.cause = cause
+        when = "with the policy's backoff" if delay is None else f"in {delay:g} s"
+        why = f"{type(cause).__name__}: {cause}" if cause is not None else "the job asked"
+        super().__init__(f"retry requested {when} ({why})")
+
+
 class JobInterrupted(AsyncJobsError):
     """Raised inside an isolated job that the node asked to stop (see the subclasses)."""
 

@@ -135,6 +135,11 @@ SAMPLES: list[tuple[BaseException, list[str], dict[str, Any]]] = [
         ["attempt 2", "'provision'", str(JOB_ID), "step 'create_disk' was not recorded"],
         {"attempt": 2},
     ),
+    (
+        errors.RetryRequested(30, ConnectionError("the API is busy")),
+        ["in 30 s", "ConnectionError: the API is busy"],
+        {"delay": 30.0},
+    ),
     (errors.StoreError(), ["store"], {}),
     (
         errors.ValueRejectedError("UntranslatableCharacterError: \\u0000", "22P05"),

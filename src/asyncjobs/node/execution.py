@@ -23,6 +23,7 @@ from ..errors import (
     InputsTooLargeError,
     JobTimeoutError,
     PayloadError,
+    RetryRequested,
     StoreError,
     describe_error,
     without_runner_frames,
@@ -102,18 +103,28 @@ def error_payload(exc: BaseException) -> bytes:
 def failed_outcome(node: JobRunner, job: RunningJob, exc: BaseException) -> Outcome:
     """Failed for good, or re-queued after a backoff if the job's retry policy allows."""
     retry = job.definition.retry if job.definition else None
+    if isinstance(exc, RetryRequested):  # retried whatever the policy's exception types
+        return failure_outcome(
+            node, job, error_payload(exc), type(exc).__name__, retry is not None, exc.delay
+        )
     retryable = retry is not None and retry.retries(exc)
     return failure_outcome(node, job, error_payload(exc), type(exc).__name__, retryable)
 
 
 def failure_outcome(
-    node: JobRunner, job: RunningJob, error: bytes, type_name: str, retryable: bool
+    node: JobRunner,
+    job: RunningJob,
+    error: bytes,
+    type_name: str,
+    retryable: bool,
+    delay: float | None = None,
 ) -> Outcome:
-    """``failed``, or re-queued after the policy's backoff if retryable with attempts left."""
+    """``failed``, or re-queued after ``delay`` (by default the policy's backoff) if
+    retryable with attempts left."""
     now = node.clock.time()
     retry = job.definition.retry if job.definition else None
     if retry is not None and retryable and job.attempt < job.max_attempts:
-        delay = retry.delay(job.attempt)
+        delay = retry.delay(job.attempt) if delay is None else delay
         reason = f"attempt {job.attempt} of {job.max_attempts} raised {type_name}"
         state = "scheduled" if delay > 0 else "queued"
         return Outcome(job.id, job.attempt, state, None, error, now, now + delay, reason)

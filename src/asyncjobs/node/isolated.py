@@ -18,6 +18,7 @@ import orjson
 from ..errors import (
     PayloadError,
     PoolError,
+    RetryRequested,
     WorkerCrashedError,
     error_fields,
     qualified_name,
@@ -115,6 +116,10 @@ def reply_outcome(
     mro = reply.get("mro")
     names = set(mro) if isinstance(mro, list) else {type_name}
     retry = job.definition.retry if job.definition else None
+    if qualified_name(RetryRequested) in names:  # retried whatever the policy's types
+        delay = reply.get("retry_delay")
+        delay = float(delay) if isinstance(delay, int | float) and delay >= 0 else None
+        return failure_outcome(node, job, error, type_name, retry is not None, delay)
     retryable = retry is not None and any(qualified_name(t) in names for t in retry.on)
     return failure_outcome(node, job, error, type_name, retryable)
 

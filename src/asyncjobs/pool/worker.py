@@ -24,7 +24,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from ..errors import CancelRequested, SoftTimeLimitExceeded, describe_error, qualified_name
+from ..errors import (
+    CancelRequested,
+    RetryRequested,
+    SoftTimeLimitExceeded,
+    describe_error,
+    qualified_name,
+)
 from ..jobs import JobContext, coerce_job_id
 from ..serialization import decode_args, encode_result
 from .frames import FrameError, encode_frame, recv_frame
@@ -117,6 +123,7 @@ class Worker:
             **describe_error(exc),
             "mro": [qualified_name(k) for k in type(exc).__mro__],
             "retire": self._should_retire() or not isinstance(exc, Exception),
+            "retry_delay": exc.delay if isinstance(exc, RetryRequested) else None,
         }
 
     def _should_retire(self) -> bool:

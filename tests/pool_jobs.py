@@ -104,6 +104,24 @@ def preload_buffer() -> None:
     PRELOADED = b"\x07" * (mb * 1024 * 1024)
 
 
+TEARDOWN_ENV = "POOL_TEST_TEARDOWN_LOG"
+
+
+def log_teardown() -> None:
+    """after_isolated_job hook: one line per call, with the pid of the process it ran in."""
+    with open(os.environ[TEARDOWN_ENV], "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def failing_teardown() -> None:
+    """after_isolated_job hook that raises in a worker (not in the zygote, which would fail
+    to start)."""
+    from asyncjobs.pool import worker
+
+    if worker.IN_WORKER:
+        raise RuntimeError("the teardown broke")
+
+
 def broken_preload() -> None:
     raise RuntimeError("the model file is missing")
 
@@ -126,6 +144,8 @@ def build_app(settings: Settings, store: Store | None = None, **options: Any) ->
     app.job(isolated=True, retry=Retry(attempts=2, backoff=0.0, on=(Boom,)))(retry_later)
     if options.get("preload"):
         app.preload(options["preload"])
+    if options.get("teardown"):
+        app.after_isolated_job(options["teardown"])
     return app
 
 

@@ -30,6 +30,7 @@ from .schedules import ScheduleDef
 from .settings import Settings
 from .startup import import_plugins, make_store, start_pool
 from .store.base import Store, StoreEvent
+from .tracing import Tracing
 
 log = logging.getLogger("asyncjobs")
 
@@ -60,7 +61,9 @@ class App(Declaring, Producing, Controlling, Awaiting):
         self.registry: dict[str, JobDef[Any, Any]] = {}
         self.schedules: dict[str, ScheduleDef] = {}
         self.preloads: list[Callable[[], Any]] = []
+        self.teardowns: list[Callable[[], Any]] = []
         self.hooks: list[tuple[frozenset[str], Hook]] = []
+        self._tracing = None
         self._state = "new"  # new -> started -> stopped (-> started again ...)
         self._new_run()
 
@@ -92,11 +95,15 @@ class App(Declaring, Producing, Controlling, Awaiting):
             return
         if self._state == "stopped":
             self._new_run()
+        # First: without opentelemetry-api installed, the start fails with a sentence.
+        self._tracing = Tracing() if self._settings.tracing else None
         import_plugins(self._settings.plugins)
         store = self._store_override or make_store(self._settings)
         if node:
             # Before any database connection exists: nothing the zygote could inherit.
-            self._pool = await start_pool(self._settings, self.registry, self.preloads)
+            self._pool = await start_pool(
+                self._settings, self.registry, self.preloads, self.teardowns
+            )
         try:
             await store.open()
             if self._settings.migrate_on_start:

@@ -20,6 +20,7 @@ from .results import ResultWaiters
 from .schedules import ScheduleDef
 from .settings import Settings
 from .store.base import Store
+from .tracing import Tracing
 
 
 class AppState:
@@ -30,8 +31,10 @@ class AppState:
     registry: dict[str, JobDef[Any, Any]]
     schedules: dict[str, ScheduleDef]
     preloads: list[Callable[[], Any]]
+    teardowns: list[Callable[[], Any]]  # after_isolated_job hooks
     hooks: list[tuple[frozenset[str], Hook]]
     _settings: Settings
+    _tracing: Tracing | None  # made by start() when Settings.tracing is on
     _state: str  # new -> started -> stopped (-> started again ...)
     _store: Store | None
     _batcher: EnqueueBatcher | None

@@ -118,13 +118,25 @@ class Declaring(AppState):
         global. Every worker shares those pages copy-on-write, so keep the data in a few large
         buffers (bytes, numpy arrays, mmap) rather than millions of small Python objects, whose
         reference counts would dirty, and so copy, their pages in every worker. Hooks run in
-        declaration order, never in the node process itself.
+        declaration order, before the zygote imports the isolated jobs' modules (a hook may set
+        up what they need, as ``django.setup()`` does), never in the node process itself.
         """
-        if not callable(fn) or "<" in getattr(fn, "__qualname__", "<"):
-            raise ConfigurationError(
-                "preload", fn, "a preload hook is a module-level function the zygote imports"
-            )
+        _check_pool_hook("preload", fn)
         self.preloads.append(fn)
+        return fn
+
+    def after_isolated_job(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """Declare a teardown hook: run in the pool after each isolated job, whatever its outcome.
+
+        It runs in the worker that ran the job, before the job's outcome is sent, to release
+        what one job must not leave to the next (``asyncjobs.django`` closes Django's database
+        connections this way). It also runs once in the zygote, after the preload hooks and
+        before any worker is forked, so that nothing a preload opened is inherited. It never
+        runs in the node process. A hook that raises is printed on the worker's stderr and the
+        worker is replaced after its job, whose outcome stands.
+        """
+        _check_pool_hook("after_isolated_job", fn)
+        self.teardowns.append(fn)
         return fn
 
     def on_event(self, *kinds: str) -> Callable[[H], H]:
@@ -202,3 +214,11 @@ class Declaring(AppState):
     def signature(self, job: str | JobDef[Any, Any], *args: Any, **kwargs: Any) -> Signature:
         """A signature for ``enqueue_many`` by job name (or definition)."""
         return Signature(self._definition(job).name, args, kwargs)
+
+
+def _check_pool_hook(kind: str, fn: Any) -> None:
+    if not callable(fn) or "<" in getattr(fn, "__qualname__", "<"):
+        what = kind.replace("_", " ")
+        raise ConfigurationError(
+            kind, fn, f"a {what} hook is a module-level function the zygote imports"
+        )

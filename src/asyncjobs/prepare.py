@@ -28,9 +28,15 @@ _NO_KWARGS: dict[str, Any] = {}  # only ever encoded, never handed to a job
 
 
 def prepare(
-    sig: Signature, definition: JobDef[Any, Any], job_id: JobId, now: float, limit: int
+    sig: Signature,
+    definition: JobDef[Any, Any],
+    job_id: JobId,
+    now: float,
+    limit: int,
+    trace: str | None = None,
 ) -> NewJob:
-    """Validate and encode one job. ``limit`` is the payload size limit in bytes."""
+    """Validate and encode one job. ``limit`` is the payload size limit in bytes; ``trace``
+    the enqueue span's context to store with it (asyncjobs.tracing), if tracing is on."""
     name = definition.name
     kwargs = sig.kwargs if type(sig.kwargs) is dict else dict(sig.kwargs)
     payload = encode_args(name, sig.args, kwargs, limit)
@@ -38,7 +44,7 @@ def prepare(
     if not sig.has_options:  # the common case: the job's own queue and priority, now
         return NewJob(
             job_id, name, definition.queue, definition.priority, "queued", payload, now,
-            definition.max_attempts, None, *limited,
+            definition.max_attempts, None, *limited, trace,
         )  # fmt: skip
     queue = sig.queue if sig.queue is not None else definition.queue
     priority = sig.priority if sig.priority is not None else definition.priority
@@ -65,14 +71,15 @@ def prepare(
     state = "scheduled" if run_at > now else "queued"
     return NewJob(
         job_id, name, queue, priority, state, payload, run_at, definition.max_attempts, key,
-        *limited,
+        *limited, trace,
     )  # fmt: skip
 
 
-_NO_LIMITS = (None, None, None, None, None)
+_Limits = tuple[str | None, int | None, str | None, int | None, float | None]
+_NO_LIMITS: _Limits = (None, None, None, None, None)
 
 
-def _limits(sig: Signature, definition: JobDef[Any, Any], kwargs: Any) -> tuple[Any, ...]:
+def _limits(sig: Signature, definition: JobDef[Any, Any], kwargs: Any) -> _Limits:
     """The job's concurrency key and rate limit values (asyncjobs.limits), if any."""
     key, limit = sig.concurrency_key, sig.concurrency_limit
     if definition.limits is None and key is None and limit is None:
@@ -96,8 +103,10 @@ def prepare_bulk(
     now: float,
     limit: int,
     lookup: Callable[[str], JobDef[Any, Any]],
+    trace: str | None = None,
 ) -> Iterator[NewJob]:
-    """``prepare`` for large batches, lazily, with the common case inlined.
+    """``prepare`` for large batches, lazily, with the common case inlined. Every job gets
+    the same ``trace`` (the batch's enqueue span's context, or None).
 
     A signature without per-call options whose arguments encode cleanly is built here
     directly; anything else (options, a bad value, bytes that may hide a NaN, a NUL or a
@@ -134,10 +143,11 @@ def prepare_bulk(
                 yield make(
                     NewJob,
                     (job_id, definition.name, definition.queue, definition.priority, "queued",
-                     payload, now, definition.max_attempts, None, None, None, None, None, None),
+                     payload, now, definition.max_attempts, None, None, None, None, None, None,
+                     trace),
                 )  # fmt: skip
                 continue
-        yield prepare(sig, definition, job_id, now, limit)
+        yield prepare(sig, definition, job_id, now, limit, trace)
 
 
 def resolve_run_at(

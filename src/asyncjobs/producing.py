@@ -18,6 +18,7 @@ from .errors import InvalidJobOptionError, StoreUnavailableError, WorkflowError
 from .ids import new_id, new_ids
 from .jobs import JobDef, JobId, Signature, coerce_job_id, iter_signatures
 from .prepare import prepare, prepare_bulk
+from .store.base import Store
 from .workflows import Item, Workflow, WorkflowId, build, prepare_workflow
 
 log = logging.getLogger("asyncjobs")
@@ -65,11 +66,29 @@ class Producing(AppState):
         after: Sequence[JobId | str] | None,
         workflow_id: JobId | None,
     ) -> JobId:
-        """Prepare and write one job (``enqueue`` and ``JobContext.enqueue``)."""
+        """Prepare and write one job (``enqueue`` and ``JobContext.enqueue``), in its enqueue
+        span when tracing is on."""
+        tracing = self._tracing
+        if tracing is None:
+            return await self._write_one(definition, sig, new_id(), after, workflow_id, None)
+        job_id = new_id()
+        queue = definition.queue if sig.queue is None else sig.queue
+        with tracing.enqueuing(definition.name, queue, job_id) as trace:
+            return await self._write_one(definition, sig, job_id, after, workflow_id, trace)
+
+    async def _write_one(
+        self,
+        definition: JobDef[Any, Any],
+        sig: Signature,
+        job_id: JobId,
+        after: Sequence[JobId | str] | None,
+        workflow_id: JobId | None,
+        trace: str | None,
+    ) -> JobId:
         store = self._check_started()
         assert self._batcher is not None
         new = prepare(
-            sig, definition, new_id(), self.clock.time(), self._settings.max_payload_bytes
+            sig, definition, job_id, self.clock.time(), self._settings.max_payload_bytes, trace
         )
         if after is None:
             return await self._batcher.submit(new)
@@ -93,6 +112,15 @@ class Producing(AppState):
         Every signature is validated and encoded before anything is written. Large batches use
         COPY; batches with unique keys use one INSERT.
         """
+        tracing = self._tracing
+        if tracing is None:
+            return await self._enqueue_many(signatures, None)
+        with tracing.enqueuing_batch("enqueue_many", len(signatures)) as trace:
+            return await self._enqueue_many(signatures, trace)
+
+    async def _enqueue_many(
+        self, signatures: Sequence[Signature], trace: str | None
+    ) -> list[JobId]:
         store = self._check_started()
         items = iter_signatures(signatures)
         now = self.clock.time()
@@ -107,14 +135,16 @@ class Producing(AppState):
         ):
             # COPY, preparing each job while the previous ones stream (see Store.enqueue_bulk).
             try:
-                await store.enqueue_bulk(prepare_bulk(items, ids, now, limit, self._definition))
+                await store.enqueue_bulk(
+                    prepare_bulk(items, ids, now, limit, self._definition, trace)
+                )
                 return ids
             except StoreUnavailableError as exc:
                 # The COPY may have committed before its answer was lost. Write the same jobs
                 # (same ids) the other way, which skips those that exist.
                 log.warning("enqueue_many's COPY failed (%s); writing again by INSERT", exc.why)
         jobs = [
-            prepare(sig, self._definition(sig.name), job_id, now, limit)
+            prepare(sig, self._definition(sig.name), job_id, now, limit, trace)
             for sig, job_id in zip(items, ids, strict=True)
         ]
         return await with_retries(partial(store.enqueue, jobs))
@@ -134,8 +164,15 @@ class Producing(AppState):
                 None, f"this Workflow is already submitted (as {wf.id}); build a new one to "
                 "run it again",
             )  # fmt: skip
+        tracing = self._tracing
+        if tracing is None:
+            return await self._submit(store, wf, None)
+        with tracing.enqueuing_batch("submit", len(wf.steps), wf.id) as trace:
+            return await self._submit(store, wf, trace)
+
+    async def _submit(self, store: Store, wf: Workflow, trace: str | None) -> WorkflowId:
         new = prepare_workflow(
-            wf, self._definition, self.clock.time(), self._settings.max_payload_bytes
+            wf, self._definition, self.clock.time(), self._settings.max_payload_bytes, trace
         )
         # A retry after a lost connection writes nothing twice: the workflow's id is fixed.
         await with_retries(partial(store.submit_workflow, new))

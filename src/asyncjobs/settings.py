@@ -141,6 +141,11 @@ class Settings:
     node (needs ``asyncjobs[metrics]``); 0 (the default) serves none."""
     metrics_host: str = "127.0.0.1"
     """The address the metrics endpoint listens on (``0.0.0.0`` for every interface)."""
+    tracing: bool = False
+    """Make OpenTelemetry spans: one per enqueue (and per ``enqueue_many`` and ``submit``) and
+    one per attempt a node runs, joined through the trace context stored in the job's row
+    (``ASYNCJOBS_TRACING=1``; needs ``asyncjobs[otel]``; see ``asyncjobs.tracing``). Off,
+    nothing of OpenTelemetry is imported and no job pays for it."""
     hook_timeout_s: float = 5.0
     """The longest one call of a lifecycle hook (``@app.on_event``) may take before it is
     abandoned and logged; hooks never hold up jobs, whatever this is."""
@@ -257,6 +262,8 @@ class Settings:
             raise ConfigurationError(
                 "metrics_host", self.metrics_host, "give an address, such as 127.0.0.1"
             )
+        if not isinstance(self.tracing, bool):
+            raise ConfigurationError("tracing", self.tracing, "use true or false")
         if (
             isinstance(self.hook_timeout_s, bool)
             or not isinstance(self.hook_timeout_s, int | float)

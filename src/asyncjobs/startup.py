@@ -29,12 +29,15 @@ def import_plugins(modules: Sequence[str]) -> None:
 
 
 async def start_pool(
-    settings: Settings, registry: Mapping[str, JobDef[Any, Any]], preloads: list[Any]
+    settings: Settings,
+    registry: Mapping[str, JobDef[Any, Any]],
+    preloads: list[Any],
+    teardowns: Sequence[Any] = (),
 ) -> Any:
     """Start the process pool if the app declares isolated jobs; None otherwise."""
     from .pool.config import pool_config
 
-    config = pool_config(settings, registry, preloads)
+    config = pool_config(settings, registry, preloads, teardowns=teardowns)
     if config is None:
         return None
     from .pool.pool import ProcessPool

@@ -190,8 +190,10 @@ def prepare_workflow(
     lookup: Callable[[str], JobDef[Any, Any]],
     now: float,
     limit: int,
+    trace: str | None = None,
 ) -> NewWorkflow:
-    """Check the whole workflow and encode every step, before anything is written.
+    """Check the whole workflow and encode every step, before anything is written. Every
+    step's row gets ``trace``: the submit span's context (asyncjobs.tracing), or None.
 
     Raises ``WorkflowError`` naming the step for an unknown job, a bad argument or option, a
     dependency on a key no step has, or a cycle.
@@ -226,7 +228,9 @@ def prepare_workflow(
         except (PayloadError, InvalidJobOptionError) as exc:
             raise WorkflowError(key, str(exc)) from None
         # Every step's payload is held until the insert: keep it at its size (compact).
-        new = new._replace(args=compact(new.args), state="waiting" if ps else new.state)
+        new = new._replace(
+            args=compact(new.args), state="waiting" if ps else new.state, trace=trace
+        )
         jobs.append(WorkflowJob(new, key, len(ps), has_children[step.index], step.pass_results))
         edges.extend(Edge(step.id, i, steps[p].id) for i, p in enumerate(ps))
     sinks = [s.id for s in steps if not has_children[s.index]]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from asyncjobs import App, JobCancelledError, JobFailedError, JobState, Settings
-from asyncjobs.errors import PoolError
+from asyncjobs.errors import ConfigurationError, PoolError
 from asyncjobs.pool.memory import memory_use
 from tests import pool_jobs
 from tests.helpers import wait_until
@@ -101,6 +101,42 @@ async def test_the_zygote_gets_no_secrets_either(memory_settings: Settings) -> N
 
 
 # -- crashes, time limits and cancel (DESIGN §10) --------------------------------------------
+
+
+async def test_after_isolated_job_hooks_run_after_every_job_before_its_outcome(
+    memory_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "teardowns"
+    monkeypatch.setenv(pool_jobs.TEARDOWN_ENV, str(log))
+    settings = memory_settings.replace(
+        workers_min=1, workers_max=1, worker_env=(pool_jobs.TEARDOWN_ENV,)
+    )
+    async with running(settings, teardown=pool_jobs.log_teardown) as app:
+        zygote_line = log.read_text().splitlines()  # once in the zygote, before any fork
+        pid = (await app.result(await app.enqueue("whoami", "a"), timeout=30))["pid"]
+        assert log.read_text().splitlines() == [*zygote_line, str(pid)]  # before the outcome
+        await failure(app, await app.enqueue("fail", "boom"))  # whatever the outcome
+        assert await app.result(await app.enqueue("echo", 1), timeout=30) == 1
+    lines = log.read_text().splitlines()
+    assert len(zygote_line) == 1 and zygote_line[0] != str(pid)
+    assert lines == [zygote_line[0], str(pid), str(pid), str(pid)]
+
+
+async def test_a_teardown_hook_that_raises_keeps_the_outcome_and_replaces_the_worker(
+    memory_settings: Settings,
+) -> None:
+    settings = memory_settings.replace(workers_min=1, workers_max=1)
+    async with running(settings, teardown=pool_jobs.failing_teardown) as app:
+        first = await app.result(await app.enqueue("whoami", "a"), timeout=30)
+        second = await app.result(await app.enqueue("whoami", "b"), timeout=30)
+    assert (first["tag"], second["tag"]) == ("a", "b")
+    assert first["pid"] != second["pid"]  # its state unknown, the first worker retired
+
+
+def test_an_after_isolated_job_hook_must_be_a_module_level_function() -> None:
+    app = App(dsn="memory://")
+    with pytest.raises(ConfigurationError, match="after isolated job hook is a module-level"):
+        app.after_isolated_job(lambda: None)
 
 
 async def test_a_crashed_worker_fails_only_its_job_and_is_replaced(any_settings: Settings) -> None:

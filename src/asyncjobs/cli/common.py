@@ -145,37 +145,43 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, node: bool = False) 
         "--table-prefix", dest="table_prefix", help="prefix of table names (default asyncjobs_)"
     )
     if node:
-        group = parser.add_argument_group("node")
-        group.add_argument(
-            "--concurrency", type=int, help="most jobs running at once on this node (default 100)"
-        )
-        group.add_argument(
-            "--queues",
-            help="queues to serve, with optional limits: 'default,reports=5' (default: default)",
-        )
-        group.add_argument(
-            "--shutdown-grace",
-            dest="shutdown_grace_s",
-            type=float,
-            help="seconds running jobs get to finish on SIGTERM (default 30)",
-        )
-        group.add_argument(
-            "--metrics-port",
-            dest="metrics_port",
-            type=int,
-            help="serve Prometheus metrics on this port at /metrics (needs asyncjobs[metrics])",
-        )
-        group.add_argument(
-            "--dashboard-port",
-            type=int,
-            help="also serve the web dashboard on this port (needs asyncjobs[dashboard] and "
-            "ASYNCJOBS_DASHBOARD_TOKEN)",
-        )
-        group.add_argument(
-            "--dashboard-host",
-            default="127.0.0.1",
-            help="the dashboard's address (default %(default)s)",
-        )
+        add_node_flags(parser)
+
+
+def add_node_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a node: --concurrency, --queues, --shutdown-grace, --metrics-port and the
+    dashboard's (``asyncjobs node`` and ``manage.py asyncjobs_node`` take them)."""
+    group = parser.add_argument_group("node")
+    group.add_argument(
+        "--concurrency", type=int, help="most jobs running at once on this node (default 100)"
+    )
+    group.add_argument(
+        "--queues",
+        help="queues to serve, with optional limits: 'default,reports=5' (default: default)",
+    )
+    group.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_s",
+        type=float,
+        help="seconds running jobs get to finish on SIGTERM (default 30)",
+    )
+    group.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics on this port at /metrics (needs asyncjobs[metrics])",
+    )
+    group.add_argument(
+        "--dashboard-port",
+        type=int,
+        help="also serve the web dashboard on this port (needs asyncjobs[dashboard] and "
+        "ASYNCJOBS_DASHBOARD_TOKEN)",
+    )
+    group.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="the dashboard's address (default %(default)s)",
+    )
 
 
 def _add_app_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:

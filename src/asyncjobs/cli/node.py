@@ -22,6 +22,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..app import App
     from .common import Subparsers
 
 # Not __name__: the node's log lines have always been named asyncjobs.cli, and filters match it.
@@ -29,7 +30,17 @@ log = logging.getLogger("asyncjobs.cli")
 
 
 async def cmd_node(args: argparse.Namespace) -> int:
-    app = _configured_app(args)
+    return await run_node(_configured_app(args), args.dashboard_port, args.dashboard_host)
+
+
+async def run_node(
+    app: App, dashboard_port: int | None = None, dashboard_host: str = "127.0.0.1"
+) -> int:
+    """Run ``app``'s node until SIGTERM or SIGINT; a second signal cancels running jobs.
+
+    What ``asyncjobs node`` runs, and ``manage.py asyncjobs_node`` (``asyncjobs.django``).
+    With ``dashboard_port``, the dashboard is served from the same process.
+    """
     stop = anyio.Event()
     signals_seen = 0
 
@@ -50,10 +61,10 @@ async def cmd_node(args: argparse.Namespace) -> int:
                 app.node.stop(grace=0.0)
 
     dashboard = None
-    if args.dashboard_port is not None:  # checked before anything starts
+    if dashboard_port is not None:  # checked before anything starts
         from ..dashboard.cli import load_server
 
-        dashboard = load_server(None, args.dashboard_host, args.dashboard_port, "--dashboard-port")
+        dashboard = load_server(None, dashboard_host, dashboard_port, "--dashboard-port")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

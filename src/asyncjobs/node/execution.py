@@ -52,6 +52,8 @@ async def execute(node: JobRunner, job: RunningJob, raw_args: bytes) -> None:
     """The body of a job's task: run it, then hand the outcome to the node."""
     definition = job.definition
     assert definition is not None
+    if node.tracing is not None:  # its run span, current while it runs (asyncjobs.tracing)
+        node.tracing.start_run(job, node.id)
     try:
         args, kwargs = decode_args(raw_args)
         if definition.wants_context:

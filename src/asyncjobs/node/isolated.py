@@ -44,6 +44,8 @@ async def execute_isolated(node: JobRunner, job: RunningJob, raw_args: bytes) ->
     """The body of an isolated job's task: get a worker, run the job there, report."""
     pool = node.pool
     assert pool is not None and job.definition is not None
+    if node.tracing is not None:  # its run span, on the node's side (asyncjobs.tracing)
+        node.tracing.start_run(job, node.id)
     try:
         worker = await pool.acquire()
     except asyncio.CancelledError:

@@ -29,6 +29,7 @@ from ..jobs import ContextApp, JobDef, JobId, coerce_job_id
 from ..schedules import ScheduleDef
 from ..settings import Settings
 from ..store.base import ClaimedJob, NodeInfo, Outcome, Store, StoreEvent
+from ..tracing import Tracing, end_run
 from ..version import __version__
 from .completer import Completer
 from .execution import (
@@ -134,6 +135,7 @@ class Node:
             if settings.metrics_port
             else None
         )
+        self.tracing = Tracing() if settings.tracing else None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -305,6 +307,8 @@ class Node:
         """Forget a job this node no longer owns: free its slot, write no outcome."""
         if not self._release(job):
             return
+        if job.span is not None:
+            end_run(job.span, "reaped")
         if job.task is not None and not job.task.done():
             self.let_go(job.task, "node reaped")
 
@@ -370,11 +374,15 @@ class Node:
                 self.hooks.job_finished(job, outcome)
             if self.metrics is not None:
                 self.metrics.job_finished(job, outcome)
+            if job.span is not None:
+                end_run(job.span, outcome)
             self.fetcher.slot_freed()
 
     def parked(self, job: RunningJob) -> None:
         """A durable job parked (its row already says when it runs again): free its slot."""
         if self._release(job):
+            if job.span is not None:
+                end_run(job.span, "parked")
             self.fetcher.slot_freed()
 
     def step_ended(self, job: RunningJob, outcome: str) -> None:

@@ -15,8 +15,11 @@ from ..settings import Settings
 from ..store.base import ClaimedJob, Outcome, Store
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from ..pool.handle import WorkerHandle
     from ..pool.pool import ProcessPool
+    from ..tracing import Tracing
     from .steps import JobSteps, StepHook
 
 
@@ -43,10 +46,12 @@ class RunningJob:
         "max_attempts",
         "name",
         "queue",
+        "span",
         "started",
         "steps",
         "stop_reason",
         "task",
+        "trace",
         "wait",
         "worker",
         "workflow_id",
@@ -71,6 +76,8 @@ class RunningJob:
         self.cpu: float | None = None  # its CPU time so far, where measured
         self.wait = claimed.wait  # how long it waited to be claimed after it was due
         self.steps: JobSteps | None = None  # its ctx.step records (jobs that take a context)
+        self.trace = claimed.trace  # its enqueue span's context, if it was traced
+        self.span: Span | None = None  # its run span, while tracing is on (asyncjobs.tracing)
 
     @property
     def durable(self) -> bool:
@@ -99,6 +106,9 @@ class JobRunner(Protocol):
 
     @property
     def pool(self) -> ProcessPool | None: ...
+
+    @property
+    def tracing(self) -> Tracing | None: ...  # None unless Settings.tracing is on
 
     @property
     def store(self) -> Store: ...

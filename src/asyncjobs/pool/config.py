@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ class PoolConfig:
 
     jobs: dict[str, str]  # job name -> "module:qualname" the zygote imports
     preloads: list[str]  # "module:qualname" of each preload hook, in declaration order
+    teardowns: list[str]  # "module:qualname" of each after_isolated_job hook, in order
     min_workers: int
     max_workers: int
     idle_timeout_s: float
@@ -37,13 +38,16 @@ def pool_config(
     registry: Mapping[str, JobDef[Any, Any]],
     preloads: list[Callable[[], Any]],
     environ: Mapping[str, str] | None = None,
+    *,
+    teardowns: Sequence[Callable[[], Any]] = (),
 ) -> PoolConfig | None:
     """The pool for these isolated jobs, or None when the app declares none."""
     isolated = {name: d for name, d in registry.items() if d.isolated}
     if not isolated:
         return None
     jobs = {name: _target(name, d.fn) for name, d in isolated.items()}
-    hooks = [_target(f"preload hook {getattr(h, '__name__', h)!r}", h) for h in preloads]
+    hooks = [_target(f"preload hook {_name(h)}", h) for h in preloads]
+    after = [_target(f"after_isolated_job hook {_name(h)}", h) for h in teardowns]
     uid = gid = None
     if settings.worker_user:
         try:
@@ -64,6 +68,7 @@ def pool_config(
     return PoolConfig(
         jobs=jobs,
         preloads=hooks,
+        teardowns=after,
         min_workers=settings.workers_min,
         max_workers=settings.workers_max,
         idle_timeout_s=settings.worker_idle_timeout_s,
@@ -74,6 +79,10 @@ def pool_config(
         limits=limits,
         env=clean_environment(os.environ if environ is None else environ, settings.worker_env),
     )
+
+
+def _name(hook: Callable[..., Any]) -> str:
+    return repr(getattr(hook, "__name__", hook))
 
 
 def _target(what: str, fn: Callable[..., Any]) -> str:

@@ -296,8 +296,8 @@ class ProcessPool:
         cfg = self.config
         bootstrap = {
             "op": "start", "sys_path": [p or os.getcwd() for p in sys.path], "jobs": cfg.jobs,
-            "preloads": cfg.preloads, "env": cfg.env, "limits": cfg.limits.to_json(),
-            "max_payload": cfg.max_payload,
+            "preloads": cfg.preloads, "teardowns": cfg.teardowns, "env": cfg.env,
+            "limits": cfg.limits.to_json(), "max_payload": cfg.max_payload,
         }  # fmt: skip
         try:
             await loop.sock_sendall(ours, encode_frame(bootstrap))

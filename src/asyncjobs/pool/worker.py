@@ -5,7 +5,10 @@ SIGUSR1 raises ``SoftTimeLimitExceeded`` and SIGUSR2 raises ``CancelRequested`` 
 job, at its next Python instruction. Only while a job runs: a signal that arrives between jobs
 is ignored. A job that ignores them is killed (SIGKILL) by the node.
 
-The worker never touches a database; its only channel is its socket. It exits with
+After each job, whatever its outcome and before its reply, the worker runs the app's
+``after_isolated_job`` hooks (``asyncjobs.django`` closes Django's connections this way).
+
+The worker never touches asyncjobs' database; its only channel is its socket. It exits with
 ``os._exit`` so that nothing inherited from the zygote (atexit hooks, buffered files of the
 plug-ins) runs twice.
 """
@@ -20,7 +23,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -36,6 +39,7 @@ from ..serialization import decode_args, encode_result
 from .frames import FrameError, encode_frame, recv_frame
 from .sandbox import has_children
 
+IN_WORKER = False  # True in a pool worker process: code that needs the database checks it
 SOFT_SIGNAL = signal.SIGUSR1
 CANCEL_SIGNAL = signal.SIGUSR2
 
@@ -61,11 +65,13 @@ class Worker:
         jobs: dict[str, tuple[Callable[..., Any], bool]],
         max_payload: int,
         cpu_seconds: int | None,
+        teardowns: Sequence[Callable[[], Any]] = (),
     ) -> None:
         self.sock = sock
         self.jobs = jobs
         self.max_payload = max_payload
         self.cpu_seconds = cpu_seconds
+        self.teardowns = teardowns
         self.pid = os.getpid()
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -91,6 +97,7 @@ class Worker:
     def run(self, header: dict[str, Any], body: bytes) -> bytes:
         name = header.get("name", "?")
         cpu_start = time.process_time()
+        reply: dict[str, Any]
         try:
             fn, wants_context = self.jobs[name]
             args, kwargs = decode_args(body)
@@ -107,9 +114,27 @@ class Worker:
         except BaseException as exc:
             if os.getpid() != self.pid:
                 os._exit(0)
-            return encode_frame({**self._error(exc), "cpu": time.process_time() - cpu_start})
-        cpu = time.process_time() - cpu_start
-        return encode_frame({"op": "ok", "retire": self._should_retire(), "cpu": cpu}, data)
+            reply = {**self._error(exc), "cpu": time.process_time() - cpu_start}
+            data = b""
+        else:
+            reply = {"op": "ok", "cpu": time.process_time() - cpu_start}
+        clean = self._tear_down()
+        reply["retire"] = reply.get("retire") or self._should_retire() or not clean
+        return encode_frame(reply, data)
+
+    def _tear_down(self) -> bool:
+        """Run the after_isolated_job hooks; False if one raised (the worker's state is then
+        unknown, so it retires after this job)."""
+        if os.getpid() != self.pid:
+            os._exit(0)  # a process the job forked: the hooks would act on our resources
+        clean = True
+        for hook in self.teardowns:
+            try:
+                hook()
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+                clean = False
+        return clean
 
     def _run_coroutine(self, coro: Any) -> Any:
         # One loop per worker, reused: an isolated async job gets its own loop, not the node's.
@@ -152,10 +177,13 @@ def run_worker(
     jobs: dict[str, tuple[Callable[..., Any], bool]],
     max_payload: int,
     cpu_seconds: int | None,
+    teardowns: Sequence[Callable[[], Any]] = (),
 ) -> None:
     """Serve jobs until told to stop; never returns."""
+    global IN_WORKER  # noqa: PLW0603 - set once, in the forked child, before any job runs
+    IN_WORKER = True
     try:
-        Worker(sock, jobs, max_payload, cpu_seconds).serve()
+        Worker(sock, jobs, max_payload, cpu_seconds, teardowns).serve()
     except BaseException:
         traceback.print_exc(file=sys.stderr)
     os._exit(70)

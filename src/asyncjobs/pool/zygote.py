@@ -8,7 +8,8 @@ thread, and a lock held by another thread would stay locked forever in the child
 Protocol, over a SOCK_SEQPACKET control socket (one message per frame, fds attached with
 SCM_RIGHTS):
 
-- node -> zygote: the bootstrap (modules, jobs, preload hooks, limits), then ``spawn``.
+- node -> zygote: the bootstrap (modules, jobs, preload and after-job hooks, limits), then
+  ``spawn``.
 - zygote -> node: ``ready`` (or ``failed``), ``spawned`` with the worker's socket and pidfd,
   ``spawn_failed``, and ``exited`` with the exit status of each worker it reaped.
 
@@ -92,6 +93,7 @@ class Zygote:
         self.control = control
         self.pid = os.getpid()
         self.jobs = load_jobs(config["jobs"])
+        self.teardowns = [resolve(target) for target in config["teardowns"]]
         self.env: dict[str, str] = config["env"]
         self.limits = WorkerLimits(**config["limits"])
         self.max_payload: int = config["max_payload"]
@@ -154,8 +156,9 @@ class Zygote:
             self.control.detach()  # harden() closes the fd; the object must not close fd 3 later
             fd = harden(sock.detach(), self.pid, self.env, self.limits)
             run_worker(
-                socket.socket(fileno=fd), self.jobs, self.max_payload, self.limits.cpu_seconds
-            )
+                socket.socket(fileno=fd), self.jobs, self.max_payload, self.limits.cpu_seconds,
+                self.teardowns,
+            )  # fmt: skip
         finally:
             os._exit(70)
 
@@ -199,9 +202,13 @@ def main(argv: list[str]) -> None:
     config = decode_message(data)
     try:
         sys.path[:] = config["sys_path"]
-        zygote = Zygote(control, config)
+        # Preloads first: one may set up what the jobs' modules need to import (django.setup()).
         for target in config["preloads"]:
             resolve(target)()
+        zygote = Zygote(control, config)
+        # What the preloads opened (a database connection) must not be inherited by a worker.
+        for hook in zygote.teardowns:
+            hook()
     except BaseException as exc:
         error = "".join(traceback.format_exception(exc))[-16_000:]
         send(control, {"op": "failed", "error": error, "message": str(exc)[:2000]})

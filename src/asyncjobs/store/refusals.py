@@ -46,7 +46,7 @@ def check_json(values: Iterable[bytes | None]) -> None:
 
 def check_jobs(jobs: Sequence[NewJob]) -> None:
     for j in jobs:
-        check_text((j.name, j.queue, j.unique_key, j.concurrency_key, j.rate_key))
+        check_text((j.name, j.queue, j.unique_key, j.concurrency_key, j.rate_key, j.trace))
         check_json((j.args,))
 
 

@@ -48,13 +48,15 @@ class NewJob(NamedTuple):
     rate_key: str | None = None
     rate_count: int | None = None
     rate_period: float | None = None
+    # The enqueue span's context, as asyncjobs.tracing encodes it; None unless tracing is on.
+    trace: str | None = None
 
     @property
     def limited(self) -> bool:
         return self.concurrency_key is not None or self.rate_key is not None
 
 
-PLAIN_FIELDS = 9  # NewJob's fields every insert statement takes; the rest: limited jobs only
+PLAIN_FIELDS = 9  # NewJob's fields every insert statement takes (and trace, the last one)
 
 
 class ClaimedJob(NamedTuple):
@@ -72,6 +74,7 @@ class ClaimedJob(NamedTuple):
     delay: float = 0.0  # seconds to wait before starting it: its rate limit's booked start
     concurrency_key: str | None = None
     wait: float = 0.0  # seconds it waited to be claimed after it was due
+    trace: str | None = None  # the context its enqueue span stored (NewJob.trace)
 
 
 class WorkflowJob(NamedTuple):

@@ -85,6 +85,7 @@ class ClaimsMixin(LimitsMixin):
                         delay,
                         job.concurrency_key,
                         max(0.0, now - job.run_at),
+                        job.trace,
                     )
                 )
                 taken += 1

@@ -46,6 +46,7 @@ class JobsMixin(MemoryState):
                 new.max_attempts,
                 new.unique_key,
                 now,
+                trace=new.trace,
             ).limit_like(new)
             self.jobs[job.id] = job
             if job.unique_key is not None:

@@ -67,6 +67,7 @@ class _Job:
     cpu_s: float | None = None
     awaited: bool = False  # a parked durable job waits for its end
     wake_on: JobId | None = None  # parked: the job whose end resumes it
+    trace: str | None = None  # its enqueue span's context (asyncjobs.tracing)
 
     def limit_like(self, new: NewJob) -> _Job:
         """Take ``new``'s concurrency key and rate limit."""

@@ -62,6 +62,7 @@ class WorkflowsMixin(MemoryState):
                     pending_deps=w.pending_deps,
                     has_dependents=w.has_dependents,
                     pass_results=w.pass_results,
+                    trace=j.trace,
                 ).limit_like(j)
             )
             if queue is not None:
@@ -102,6 +103,7 @@ class WorkflowsMixin(MemoryState):
             job.id, job.name, job.queue, job.priority, state, job.args, job.run_at,
             job.max_attempts, None, now, workflow_id=workflow_id, step=step,
             pending_deps=pending, reason=reason, finished_at=now if reason else None,
+            trace=job.trace,
         ).limit_like(job)  # fmt: skip
         if not reason:
             for dep in active:

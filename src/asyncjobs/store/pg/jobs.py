@@ -18,6 +18,8 @@ from ..base import PLAIN_FIELDS, JobQuery, NewJob, record_from_row
 from .base import PgStoreBase
 
 _JOB_COLUMNS = ("id", "name", "queue", "priority", "state", "args", "run_at", "max_attempts")
+_BULK_COLUMNS = (*_JOB_COLUMNS, "trace")
+_TRACE = NewJob._fields.index("trace")  # the plain statements take it after PLAIN_FIELDS
 
 
 class JobsMixin(PgStoreBase):
@@ -31,15 +33,17 @@ class JobsMixin(PgStoreBase):
         # the batch goes again through the ON CONFLICT variant, which skips it. A single
         # enqueue (the common case) takes scalar parameters, not unnest arrays. A job with a
         # concurrency key or a rate limit needs the columns only insert_jobs_unique writes.
+        # Every statement writes the trace context (null unless tracing is on).
         plain_params: tuple[Any, ...]
         keyed_params: tuple[Any, ...]
         if len(jobs) == 1 and not jobs[0].limited:
             plain, keyed = "insert_job", "insert_job_unique"
-            plain_params = keyed_params = tuple(jobs[0])[:PLAIN_FIELDS]
+            job = jobs[0]
+            plain_params = keyed_params = (*job[:PLAIN_FIELDS], job.trace)
         else:
             plain, keyed = "insert_jobs", "insert_jobs_unique"
             keyed_params = tuple(zip(*jobs, strict=True))
-            plain_params = keyed_params[:PLAIN_FIELDS]
+            plain_params = (*keyed_params[:PLAIN_FIELDS], keyed_params[_TRACE])
         straight_to_keyed = any(j.unique_key is not None or j.limited for j in jobs)
         async with self._errors(), self._enqueue_lane.connection() as con:
             rows = None
@@ -74,11 +78,14 @@ class JobsMixin(PgStoreBase):
                     ready_queues.add(j.queue)
                 elif earliest_scheduled is None or j.run_at < earliest_scheduled:
                     earliest_scheduled = j.run_at
-                yield (j.id, j.name, j.queue, j.priority, j.state, j.args, when, j.max_attempts)
+                yield (
+                    j.id, j.name, j.queue, j.priority, j.state, j.args, when, j.max_attempts,
+                    j.trace,
+                )  # fmt: skip
 
         async with self._errors(), self._enqueue_lane.connection() as con, con.transaction():
             await con.copy_records_to_table(
-                self.table, schema_name=self.schema, columns=_JOB_COLUMNS, records=records()
+                self.table, schema_name=self.schema, columns=_BULK_COLUMNS, records=records()
             )
             await con.execute(self.q["notify_new"], sorted(ready_queues), earliest_scheduled)
 

@@ -24,7 +24,7 @@ from .jobs import _JOB_COLUMNS
 
 _WORKFLOW_JOB_COLUMNS = (
     *_JOB_COLUMNS, "workflow_id", "step", "pending_deps", "has_dependents", "pass_results",
-    "concurrency_key", "concurrency_limit", "rate_key", "rate_count", "rate_period",
+    "concurrency_key", "concurrency_limit", "rate_key", "rate_count", "rate_period", "trace",
 )  # fmt: skip
 _EDGE_COLUMNS = ("job_id", "ord", "depends_on")
 
@@ -48,7 +48,7 @@ class WorkflowsMixin(PgStoreBase):
                 (j.id, j.name, j.queue, j.priority, j.state, j.args, to_datetime(j.run_at),
                  j.max_attempts, workflow.id, w.step, w.pending_deps, w.has_dependents,
                  w.pass_results, j.concurrency_key, j.concurrency_limit, j.rate_key,
-                 j.rate_count, j.rate_period)
+                 j.rate_count, j.rate_period, j.trace)
             )  # fmt: skip
         async with self._errors(), self._enqueue_lane.connection() as con, con.transaction():
             inserted = await con.fetchval(
@@ -93,7 +93,7 @@ class WorkflowsMixin(PgStoreBase):
                 self.q["insert_dependent"], job.id, job.name, job.queue, job.priority, state,
                 job.args, job.run_at, job.max_attempts, workflow_id, pending, step, None,
                 reason, job.concurrency_key, job.concurrency_limit, job.rate_key,
-                job.rate_count, job.rate_period,
+                job.rate_count, job.rate_period, job.trace,
             )  # fmt: skip
             if found is not None:  # not a retried insert
                 await con.execute(

@@ -7,13 +7,15 @@
 -- Inserts jobs without unique keys in one statement (a plain INSERT: no speculative-insertion
 -- checks, which cost about 6% of a single enqueue). Wakes the nodes serving each queue that
 -- got a ready job, and the promoters when a scheduled job was added. Returns inserted ids.
+-- $10: each job's trace context (null unless tracing is on).
 WITH ins AS (
-    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
+                         trace)
     SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
-           u.max_attempts, u.unique_key
+           u.max_attempts, u.unique_key, u.trace
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::{t}job_state[],
-                $6::jsonb[], $7::float8[], $8::integer[], $9::text[])
-         AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
+                $6::jsonb[], $7::float8[], $8::integer[], $9::text[], $10::text[])
+         AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key, trace)
     RETURNING id, queue, state, run_at
 ), wake AS (
     SELECT pg_notify('{channel}', 'q:' || queue)
@@ -26,10 +28,11 @@ SELECT ins.id FROM ins CROSS JOIN (SELECT count(*) FROM wake) AS w;
 
 -- name: insert_job
 -- Inserts one job without a unique key (the common single enqueue) and wakes the nodes or
--- promoters, in one round trip.
+-- promoters, in one round trip. $10: its trace context (null unless tracing is on).
 WITH ins AS (
-    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
-    VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9)
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
+                         trace)
+    VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9, $10)
     RETURNING id, queue, state, run_at
 )
 SELECT id, pg_notify('{channel}', CASE WHEN state = 'queued' THEN 'q:' || queue
@@ -40,8 +43,9 @@ FROM ins;
 -- Like insert_job, for a job with a unique key: skipped (no row returned) if an unfinished job
 -- holds the key.
 WITH ins AS (
-    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key)
-    VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9)
+    INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
+                         trace)
+    VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, $9, $10)
     ON CONFLICT DO NOTHING
     RETURNING id, queue, state, run_at
 )
@@ -56,14 +60,15 @@ FROM ins;
 -- it collided with.
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
-                         concurrency_key, concurrency_limit, rate_key, rate_count, rate_period)
+                         concurrency_key, concurrency_limit, rate_key, rate_count, rate_period,
+                         trace)
     SELECT u.id, u.name, u.queue, u.priority, u.state, u.args, to_timestamp(u.run_at),
-           u.max_attempts, u.unique_key, u.ckey, u.climit, u.rkey, u.rcount, u.rperiod
+           u.max_attempts, u.unique_key, u.ckey, u.climit, u.rkey, u.rcount, u.rperiod, u.trace
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::{t}job_state[],
                 $6::jsonb[], $7::float8[], $8::integer[], $9::text[], $10::text[],
-                $11::integer[], $12::text[], $13::integer[], $14::float8[])
+                $11::integer[], $12::text[], $13::integer[], $14::float8[], $15::text[])
          AS u(id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
-              ckey, climit, rkey, rcount, rperiod)
+              ckey, climit, rkey, rcount, rperiod, trace)
     ON CONFLICT DO NOTHING
     RETURNING id, queue, state, run_at
 ), wake AS (
@@ -459,7 +464,7 @@ FOR UPDATE OF s;
 -- name: insert_runs
 -- Inserts the runs of one firing (under the schedule's lock): one job per fire time, never two
 -- for the same (schedule, fire time), and wakes the nodes serving the queue. $10..$14: the
--- template's concurrency key and rate limit.
+-- template's concurrency key and rate limit. A run carries no trace context: it starts a trace.
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts,
                          schedule, fire_at, concurrency_key, concurrency_limit, rate_key,
@@ -548,14 +553,16 @@ UPDATE {t}jobs SET has_dependents = true WHERE id = ANY($1::uuid[]) AND NOT has_
 -- name: insert_dependent
 -- Inserts one job that depends on others: waiting (with $10 unfinished dependencies), or
 -- queued, scheduled, or cancelled at once (reason $13) when a dependency already failed.
--- $14..$18: its concurrency key and rate limit.
+-- $14..$18: its concurrency key and rate limit; $19: its trace context.
 -- Wakes the nodes if it is ready. Returns nothing if the id exists (a retried insert).
 WITH ins AS (
     INSERT INTO {t}jobs (id, name, queue, priority, state, args, run_at, max_attempts,
                          workflow_id, pending_deps, step, pass_results, reason, finished_at,
-                         concurrency_key, concurrency_limit, rate_key, rate_count, rate_period)
+                         concurrency_key, concurrency_limit, rate_key, rate_count, rate_period,
+                         trace)
     VALUES ($1, $2, $3, $4, $5::{t}job_state, $6, to_timestamp($7), $8, $9, $10, $11, $12, $13,
-            CASE WHEN $5::{t}job_state = 'cancelled' THEN now() END, $14, $15, $16, $17, $18)
+            CASE WHEN $5::{t}job_state = 'cancelled' THEN now() END, $14, $15, $16, $17, $18,
+            $19)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, queue, state, run_at
 )

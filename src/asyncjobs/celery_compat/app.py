@@ -1,0 +1,188 @@
+"""``Celery``: an asyncjobs ``App`` that declares and calls its jobs the way Celery does.
+
+It *is* an App: ``asyncjobs node --app proj.celery:app`` runs its tasks, ``async with app:``
+embeds them, and every asyncjobs method works beside the Celery-shaped ones. What Celery
+configures with a broker and a result backend, asyncjobs keeps in Postgres
+(``ASYNCJOBS_DSN``), so ``broker=`` and ``backend=`` are refused with a sentence saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any, overload
+
+from ..app import App
+from ..jobs import JobId
+from ..settings import Settings
+from . import results
+from .beat import crontab, declare
+from .bridge import SyncBridge
+from .options import APP_OPTIONS, TASK_OPTIONS, CeleryOptionError, present, refuse
+from .tasks import Task
+
+TASK_KNOWN = (
+    "name", "bind", "queue", "max_retries", "default_retry_delay", "autoretry_for",
+    "retry_backoff", "retry_backoff_max", "retry_jitter", "time_limit", "soft_time_limit",
+    "rate_limit", "priority",
+)  # fmt: skip
+CONF_KNOWN = (
+    "beat_schedule", "timezone", "enable_utc", "task_default_queue", "worker_concurrency",
+    "result_expires", "task_serializer", "result_serializer", "accept_content",
+)  # fmt: skip
+DEFAULT_RETRY_DELAY_S = 180.0  # Celery's default_retry_delay
+RETRY_BACKOFF_MAX_S = 600.0  # Celery's retry_backoff_max
+
+
+class Celery(App):
+    """An App with Celery's ways: ``@app.task``, ``task.delay()``, ``app.conf``,
+    ``app.AsyncResult(id)``, ``add_periodic_task``. ``main`` names the project (used in task
+    names, as Celery does); ``include`` lists modules to import so their tasks register;
+    any other keyword is an asyncjobs setting (``dsn=``, ``concurrency=``...)."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        include: Iterable[str] = (),
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> None:
+        refuse("Celery()", [k for k in options if k in APP_OPTIONS], APP_OPTIONS, ())
+        if include:
+            options.setdefault("plugins", tuple(include))
+        super().__init__(settings, **options)
+        self.main = main
+        self.timezone = "UTC"
+        self.default_queue = "default"
+        self.tasks: dict[str, Task] = {}  # Celery's app.tasks: name -> task
+        self.conf = Conf(self)
+        self.bridge = SyncBridge(self)
+
+    async def start(self, *, node: bool = True) -> None:
+        await super().start(node=node)
+        self.bridge.home = asyncio.get_running_loop()  # blocking calls from other threads run here
+
+    async def stop(self, *, grace: float | None = None) -> None:
+        self.bridge.home = None
+        await super().stop(grace=grace)
+
+    # -- declaring ---------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(self, fn: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self, fn: Callable[..., Any] | None = None, /, **options: Any
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Declare a task: ``async def`` ones run on the node's event loop, plain ``def``
+        ones in its process pool. Options: ``name`` (default ``module.function``, as in
+        Celery), ``bind``, ``queue``, ``max_retries`` (3), ``default_retry_delay`` (180 s),
+        ``autoretry_for``, ``retry_backoff``, ``retry_backoff_max`` (600 s),
+        ``retry_jitter`` (True), ``time_limit``, ``soft_time_limit``, ``rate_limit``
+        (``"10/m"``), ``priority``. Any other Celery option raises a sentence."""
+        refuse("@app.task()", present(options), TASK_OPTIONS, TASK_KNOWN)
+
+        def register(f: Callable[..., Any]) -> Task:
+            name = options.get("name") or f"{f.__module__}.{f.__name__}"
+            task = Task(
+                self, f, name=name, queue=options.get("queue"),
+                bind=bool(options.get("bind", False)),
+                max_retries=options.get("max_retries", 3),
+                default_retry_delay=float(
+                    options.get("default_retry_delay", DEFAULT_RETRY_DELAY_S)),
+                autoretry_for=tuple(options.get("autoretry_for") or ()),
+                retry_backoff=options.get("retry_backoff", False),
+                retry_backoff_max=float(options.get("retry_backoff_max", RETRY_BACKOFF_MAX_S)),
+                retry_jitter=bool(options.get("retry_jitter", True)),
+                time_limit=options.get("time_limit"),
+                soft_time_limit=options.get("soft_time_limit"),
+                rate_limit=options.get("rate_limit"), priority=options.get("priority") or 0,
+            )  # fmt: skip
+            self.tasks[name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def add_periodic_task(
+        self,
+        schedule: crontab | timedelta | float,
+        sig: Any,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        """Fire ``sig`` (a ``task.s(...)``) on ``schedule``: a ``crontab``, or seconds."""
+        entry = {"task": sig.task.name, "schedule": schedule, "args": sig.args,
+                 "kwargs": sig.kwargs, "options": options or sig.options}  # fmt: skip
+        declare(self, name or f"{sig.task.name}{tuple(sig.args)!r}", entry)
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def AsyncResult(self, task_id: JobId | str) -> results.AsyncResult:  # Celery's name
+        return results.AsyncResult(task_id, self)
+
+    def send_task(
+        self, name: str, args: Any = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> results.AsyncResult:
+        """Enqueue a task by name (it must be registered on this app)."""
+        return self._task(name).apply_async(args, kwargs, **options)
+
+    def _task(self, name: str) -> Task:
+        self._definition(name)  # raises UnknownJobError, naming the registered ones
+        task = self.tasks.get(name)
+        if task is None:
+            raise TypeError(
+                f"job {name!r} was declared with @app.job, not @app.task; enqueue it with "
+                "app.enqueue() (a Celery-style call needs a task)"
+            )
+        return task
+
+    def close(self) -> None:
+        """Stop the synchronous bridge, if it was used (also done at exit)."""
+        self.bridge.close()
+
+
+class Conf:
+    """``app.conf``: the Celery settings that map onto asyncjobs. ``beat_schedule`` declares
+    schedules; ``timezone`` is their time zone; ``task_default_queue`` the tasks' queue;
+    ``worker_concurrency`` and ``result_expires`` set ``concurrency`` and ``retention_s``."""
+
+    def __init__(self, celery: Celery) -> None:
+        object.__setattr__(self, "_celery", celery)
+
+    def update(self, values: Mapping[str, Any] | None = None, **more: Any) -> None:
+        for key, value in {**(values or {}), **more}.items():
+            setattr(self, key, value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        celery: Celery = self.__dict__["_celery"]
+        refuse("app.conf", [key], _CONF_REFUSED, CONF_KNOWN)
+        if key == "beat_schedule":
+            for name, entry in value.items():
+                declare(celery, name, entry)
+        elif key == "timezone":
+            celery.timezone = str(value)
+        elif key == "task_default_queue":
+            celery.default_queue = str(value)
+        elif key == "worker_concurrency":
+            celery.configure(concurrency=value)
+        elif key == "result_expires":
+            seconds = value.total_seconds() if isinstance(value, timedelta) else value
+            celery.configure(retention_s=float(seconds))
+        elif key in ("task_serializer", "result_serializer", "accept_content"):
+            values = [value] if isinstance(value, str) else list(value)
+            if values != ["json"]:
+                raise CeleryOptionError("app.conf", key, "payloads are always JSON: use 'json'")
+        elif key == "enable_utc" and value is not True:
+            raise CeleryOptionError("app.conf", key, "times are UTC; set timezone= for crontabs")
+        object.__setattr__(self, key, value)
+
+
+# Settings whose only accepted value is the asyncjobs one are checked above; the others are
+# refused with what to use instead.
+_CONF_REFUSED = {k: v for k, v in APP_OPTIONS.items() if k not in CONF_KNOWN}

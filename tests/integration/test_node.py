@@ -537,6 +537,43 @@ async def test_jobs_running_past_the_grace_period_are_requeued_or_cancelled(
     assert o.state is JobState.CANCELLED and o.reason == "node shutdown"
 
 
+async def test_a_claim_whose_answer_is_in_flight_when_the_node_stops_is_never_orphaned(
+    node_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that cancelled the claim while its answer was on the wire used to leave the
+    jobs it had committed ``running`` on a node that never knew: found by the reaper later,
+    and ended ``lost`` (never run) where they could not be retried."""
+    app = node_app()
+    stopping = asyncio.Event()
+
+    @app.on_event("node_stopping")
+    async def answer_arrives(event: Any) -> None:
+        stopping.set()  # the stop has cancelled the fetcher by now: let the answer come
+
+    await app.start()
+    # One job first, so that no claim (through the method not yet replaced) is in flight.
+    assert await app.result(await app.enqueue("add", 0, 0), timeout=10) == 0
+    real_claim = app.store.claim
+    claims_in_flight: list[int] = []
+
+    async def claim_answered_late(*args: Any) -> Any:
+        claimed = await real_claim(*args)  # committed
+        if claimed and not claims_in_flight:
+            claims_in_flight.append(len(claimed))
+            await stopping.wait()  # the answer is still on its way when the stop comes
+        return claimed
+
+    monkeypatch.setattr(app.store, "claim", claim_answered_late)
+    ids = await app.enqueue_many([app.signature("add", i, 1) for i in range(50)])
+    await wait_until(lambda: claims_in_flight, what="a claim in flight")
+    await app.stop(grace=10)
+    async with node_app(queues="none") as reader:
+        states = [(await reader.get(i)).state for i in ids]
+    assert JobState.RUNNING not in states, states
+    assert states.count(JobState.SUCCEEDED) >= claims_in_flight[0]  # the claimed ones ran
+    assert set(states) <= {JobState.SUCCEEDED, JobState.QUEUED}
+
+
 async def test_two_nodes_share_the_work_and_run_each_job_once(
     node_app: Callable[..., App], probe: Probe
 ) -> None:

@@ -113,9 +113,14 @@ class Fetcher:
                 try:
                     if self._claims_uncertain:
                         await self._release_unknown_claims()
-                    claimed = await self._store.claim(
-                        node.id, limits, self._clock.time(), self._completer.freeing_keys()
-                    )
+                    # Shielded: a stop that cancelled a claim whose answer is on its way
+                    # would leave the jobs it committed running on this node, unknown to it,
+                    # until a reaper ended them (lost, if they cannot be retried). Claimed,
+                    # they are dispatched, and the stop's drain gives them its grace.
+                    with anyio.CancelScope(shield=True):
+                        claimed = await self._store.claim(
+                            node.id, limits, self._clock.time(), self._completer.freeing_keys()
+                        )
                 except StoreError as exc:
                     if isinstance(exc, StoreUnavailableError):
                         self._claims_uncertain = True  # the claim may have committed

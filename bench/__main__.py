@@ -27,6 +27,7 @@ from . import (
     concurrent_sleepers,
     dashboard,
     drain,
+    drain_history,
     durable,
     enqueue_concurrent,
     enqueue_many,
@@ -55,6 +56,7 @@ BENCHMARKS: dict[str, ModuleType] = {
     m.NAME: m
     for m in (
         drain,
+        drain_history,
         enqueue_sequential,
         enqueue_concurrent,
         enqueue_many,

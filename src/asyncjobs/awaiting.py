@@ -24,6 +24,10 @@ from .results import result_of
 from .workflows import WorkflowId
 
 RESULT_RECHECK_S = 2.0  # result() re-reads the job this often, in case a NOTIFY was missed
+# The first re-reads come sooner, doubling up to RESULT_RECHECK_S: a job that ends while its
+# waiter registers (watch_job) may not see the registration, so no NOTIFY comes, and that is
+# likeliest for a short job (asking at once for a just-enqueued job's result).
+FIRST_RECHECK_S = 0.05
 
 
 class Awaiting(AppState):
@@ -51,6 +55,7 @@ class Awaiting(AppState):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         await self._ensure_listening()
+        recheck = FIRST_RECHECK_S
         while True:
             # Registered before reading the job (see results.py).
             future = self._waiters.register(job_id)
@@ -62,7 +67,7 @@ class Awaiting(AppState):
                     return result_of(record)
                 if self._failure is not None or self._state != "started":
                     raise ClosedError("the app stopped while waiting for a result")
-                wait = RESULT_RECHECK_S
+                wait, recheck = recheck, min(recheck * 2, RESULT_RECHECK_S)
                 if deadline is not None:
                     remaining = deadline - loop.time()
                     if remaining <= 0:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import pytest
 
 from asyncjobs import (
@@ -154,6 +156,30 @@ async def test_job_result_is_returned_to_the_caller(node_app: Callable[..., App]
         assert record.state is JobState.SUCCEEDED and record.attempt == 1
         assert record.started_at is not None and record.finished_at is not None
         assert record.finished_at >= record.started_at
+
+
+async def test_a_result_whose_end_was_not_announced_is_found_well_before_the_slow_recheck(
+    node_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that ends while its waiter registers may send no NOTIFY (the completion does not
+    see the registration): the waiter's first re-reads come soon, not after 2 s."""
+    async with node_app() as app:
+        job_id = await app.enqueue("add", 1, 2)
+        assert await app.result(job_id, timeout=10) == 3
+        real_watch = app.store.watch
+        stale: list[Any] = []
+
+        async def watch_that_saw_it_running(watched: Any) -> Any:
+            record = await real_watch(watched)
+            if not stale:  # the race: read as running, and no announcement to come
+                stale.append(record)
+                return dataclasses.replace(record, state=JobState.RUNNING)
+            return record
+
+        monkeypatch.setattr(app.store, "watch", watch_that_saw_it_running)
+        with anyio.fail_after(1.0):  # the first re-read came after 2 s; now after 50 ms
+            assert await app.result(job_id) == 3
+        assert stale
 
 
 async def test_job_that_asks_for_a_context_gets_its_own(node_app: Callable[..., App]) -> None:

@@ -65,13 +65,15 @@ class Producing(AppState):
         sig: Signature,
         after: Sequence[JobId | str] | None,
         workflow_id: JobId | None,
+        job_id: JobId | None = None,
     ) -> JobId:
         """Prepare and write one job (``enqueue`` and ``JobContext.enqueue``), in its enqueue
-        span when tracing is on."""
+        span when tracing is on. ``job_id``: an id chosen beforehand (celery_compat's delay
+        in a running loop returns it before the write)."""
         tracing = self._tracing
+        job_id = new_id() if job_id is None else job_id
         if tracing is None:
-            return await self._write_one(definition, sig, new_id(), after, workflow_id, None)
-        job_id = new_id()
+            return await self._write_one(definition, sig, job_id, after, workflow_id, None)
         queue = definition.queue if sig.queue is None else sig.queue
         with tracing.enqueuing(definition.name, queue, job_id) as trace:
             return await self._write_one(definition, sig, job_id, after, workflow_id, trace)

@@ -14,10 +14,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from asyncjobs import IsolationError, JobFailedError, JobState, Settings, UnknownJobError
+from asyncjobs import (
+    IsolationError,
+    JobFailedError,
+    JobState,
+    PayloadError,
+    Settings,
+    UnknownJobError,
+    WorkflowError,
+)
 from asyncjobs.celery_compat import (
     AsyncResult,
     Celery,
+    CeleryOptionError,
     GroupResult,
     chain,
     chord,
@@ -164,13 +173,51 @@ async def test_blocking_calls_from_a_thread_run_in_the_app_s_loop(running: Celer
     assert chord_result == 6
 
 
-async def test_a_blocking_call_in_async_code_is_refused_with_the_awaitable_form(
+async def test_in_the_apps_own_loop_delay_returns_at_once_and_get_is_awaited(
     running: Celery,
 ) -> None:
-    with pytest.raises(RuntimeError, match=r"await task\.adelay"):
-        t.add.delay(1, 1)
+    result = t.add.delay(2, 3)  # no await: checked now, written in the background
+    assert isinstance(result, AsyncResult)
+    assert await result.get(timeout=WAIT_S) == 5
+    assert await t.add.apply_async((4, 4), countdown=0.1).get(timeout=WAIT_S) == 8
+    assert await (t.add.s(1, 1) | t.add.s(10)).delay().get(timeout=WAIT_S) == 12
+    assert await group(t.add.s(i, i) for i in range(3)).delay().get(timeout=WAIT_S) == [0, 2, 4]
+    assert await chord([t.add.s(i, 1) for i in range(3)])(t.xsum.s()).get(timeout=WAIT_S) == 6
+    unawaited = t.add.delay(7, 7)
+    await running.bridge.flush()  # what the app's stop does first
+    assert (await running.get(unawaited.id)).name == t.add.name
+
+
+async def test_in_the_apps_own_loop_bad_input_raises_at_delay_and_writes_nothing(
+    running: Celery,
+) -> None:
+    before = await running.counts(finished=True)
+    with pytest.raises(PayloadError, match="add"):
+        t.add.delay(object(), 1)
+    with pytest.raises(CeleryOptionError, match="link="):
+        t.add.apply_async((1, 1), link=t.add.s(1))
+    with pytest.raises(WorkflowError):
+        (t.add.s(1, 1) | t.add.s(object())).delay()
+    await running.bridge.flush()
+    assert not running.bridge._writes
+    assert await running.counts(finished=True) == before
+
+
+async def test_a_blocking_call_in_another_event_loop_is_refused_with_the_awaitable_form(
+    running: Celery,
+) -> None:
+    def in_a_loop_of_its_own() -> None:
+        async def other_service() -> None:
+            with pytest.raises(RuntimeError, match=r"await task\.adelay"):
+                t.add.delay(1, 1)
+            with pytest.raises(RuntimeError, match=r"await result\.aget"):
+                AsyncResult(uuid.uuid4(), running).get()
+
+        asyncio.run(other_service())
+
+    await asyncio.to_thread(in_a_loop_of_its_own)
     with pytest.raises(RuntimeError, match=r"await result\.aget"):
-        AsyncResult(uuid.uuid4(), running).get()
+        _ = AsyncResult(uuid.uuid4(), running).state  # a property cannot be awaited
 
 
 def test_a_blocking_call_on_a_memory_app_that_is_not_running_is_refused(

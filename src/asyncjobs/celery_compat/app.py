@@ -65,6 +65,7 @@ class Celery(App):
         self.bridge.home = asyncio.get_running_loop()  # blocking calls from other threads run here
 
     async def stop(self, *, grace: float | None = None) -> None:
+        await self.bridge.flush()  # jobs delay() returned in this loop are written first
         self.bridge.home = None
         await super().stop(grace=grace)
 

@@ -6,15 +6,20 @@ the node), a blocking call runs there and waits for it. When the app is not runn
 bridge starts a producer twin of it (same settings and store, no node) in an event loop of
 its own thread, on first use, and stops it at exit or ``app.close()``.
 
-A call from a thread that runs an event loop would block that loop, so it is refused with a
-sentence naming the awaitable form (``await task.adelay(...)``). A call inside a pool worker
-is refused too: a worker has no database access.
+In the thread of the loop the app runs in (an ``async def`` task, an async view of a service
+that embeds the app), nothing may block: ``delay()`` and ``apply_async()`` check their
+arguments at once, return the handle with the job's id, and write the job in the background
+(``write_soon``); ``get()`` returns an awaitable (``await result.get(timeout=)``). A blocking
+call from a thread that runs another event loop would block that loop, so it is refused with
+a sentence naming the awaitable form (``await task.adelay(...)``). A call inside a pool
+worker is refused too: a worker has no database access.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +31,7 @@ from ..setting_values import MEMORY_DSN
 if TYPE_CHECKING:
     from ..app import App
 
+log = logging.getLogger("asyncjobs")
 T = TypeVar("T")
 STOP_TIMEOUT_S = 30.0
 
@@ -37,6 +43,34 @@ class SyncBridge:
         self.home: asyncio.AbstractEventLoop | None = None  # the loop the app runs in, if any
         self._loop: asyncio.AbstractEventLoop | None = None  # the twin's
         self._twin: App | None = None
+        self._writes: set[asyncio.Task[Any]] = set()  # write_soon's, until done
+
+    def in_home_loop(self) -> bool:
+        """True when called in the thread of the running loop the app itself runs in."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return loop is self.home
+
+    def write_soon(self, what: str, write: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``write`` (a job's or a workflow's write) as a task of the app's loop, kept
+        until it is done; ``flush`` (at the app's stop) waits for the ones still going."""
+        task = asyncio.get_running_loop().create_task(write, name=f"asyncjobs {what}")
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+        return task
+
+    def _written(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Also raised by the handle's get(); logged here for a caller that never asks.
+            log.error("%s failed: %s", task.get_name(), task.exception())
+
+    async def flush(self) -> None:
+        """Wait for the background writes still going (before the app stops)."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     def call(self, what: str, use: Callable[[App], Coroutine[Any, Any, T]]) -> T:
         """Run ``use(app)`` on the app's loop (or the twin's) and wait for it. ``what``

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..signatures import Chain, Chord, Group, Item, Signature, chain, chord, group
-from ..workflows import Workflow, build
+from ..workflows import Workflow, build, prepare_workflow
 from .options import CALL_OPTIONS, refuse
 from .results import AsyncResult, GroupResult
 from .tasks import CALL_KNOWN, call_times
@@ -44,7 +44,14 @@ class Canvas:
         self, args: Any = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> AsyncResult | GroupResult:
         wf, ends = self._workflow(args, kwargs, options)
-        self.celery.bridge.call("apply_async()", lambda twin: twin.submit(wf))
+        celery, bridge = self.celery, self.celery.bridge
+        if bridge.in_home_loop():  # nothing may block here: check now, submit in the background
+            prepare_workflow(
+                wf, celery._definition, celery.clock.time(), celery.settings.max_payload_bytes
+            )  # raises for a bad step before anything is written
+            write = bridge.write_soon(f"apply_async() of workflow {wf.id}", celery.submit(wf))
+            return _handle(self, ends, write)
+        bridge.call("apply_async()", lambda twin: twin.submit(wf))
         return _handle(self, ends)
 
     async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult | GroupResult:
@@ -183,9 +190,9 @@ def celery_chord(header: CGroup | Iterable[Canvas], body: Canvas | None = None) 
     return _ChordHeader(head) if body is None else CChord(head, body)
 
 
-def _handle(item: Canvas, ends: list[Any]) -> AsyncResult | GroupResult:
+def _handle(item: Canvas, ends: list[Any], write: Any = None) -> AsyncResult | GroupResult:
     """A group's members' results as a GroupResult; anything else's end as its result."""
-    results = [AsyncResult(step.id, item.celery) for step in ends]
+    results = [AsyncResult(step.id, item.celery, write) for step in ends]
     if len(results) == 1 and not isinstance(item, CGroup):
         return results[0]
     return GroupResult(results, item.celery)

@@ -9,6 +9,7 @@ SUCCESS, FAILURE (failed or lost), REVOKED (cancelled).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +47,12 @@ class AsyncResult:
     ``.state`` / ``await astate()``, ``ready()``, ``successful()``, ``failed()``,
     ``revoke()``."""
 
-    def __init__(self, id: JobId | str, app: Celery) -> None:
+    def __init__(
+        self, id: JobId | str, app: Celery, write: asyncio.Task[Any] | None = None
+    ) -> None:
         self.id: JobId = coerce_job_id(id)
         self.app = app
+        self._write = write  # the job's write, when delay() returned before it (bridge.py)
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -65,6 +69,8 @@ class AsyncResult:
         """The result, once the job has ended. A failure raises ``JobFailedError`` (its
         ``error_type`` names the task's exception), a cancel ``JobCancelledError``, a lost
         job ``JobLostError``; with ``propagate=False`` the error is returned instead."""
+        if self._write is not None:
+            await self._write  # raises what the write raised (the job was not stored)
         try:
             return await self.app.result(self.id, timeout=timeout)
         except JobOutcomeError as exc:
@@ -88,6 +94,12 @@ class AsyncResult:
     # -- blocking -------------------------------------------------------------------------------
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """The result, blocking; in the app's own event loop, an awaitable of it
+        (``await result.get(timeout=)``)."""
+        if self.app.bridge.in_home_loop():
+            return self.aget(timeout, propagate)
+        if self._write is not None:  # made in the app's loop, read from another thread
+            self.app.bridge.call("AsyncResult.get()", lambda _: _wait_for(self._write))
         return self.app.bridge.call(
             "AsyncResult.get()", lambda twin: _get(twin, self.id, timeout, propagate)
         )
@@ -151,7 +163,10 @@ class GroupResult:
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
         return [await r.aget(timeout=timeout, propagate=propagate) for r in self.results]
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """The results, blocking; in the app's own event loop, an awaitable of them."""
+        if self.app.bridge.in_home_loop():
+            return self.aget(timeout, propagate)
         return self.app.bridge.call(
             "GroupResult.get()",
             lambda twin: _get_all(twin, [r.id for r in self.results], timeout, propagate),
@@ -165,6 +180,10 @@ class GroupResult:
 
     def completed_count(self) -> int:
         return sum(r.successful() for r in self.results)
+
+
+async def _wait_for(write: Any) -> None:
+    await write
 
 
 async def _get(twin: Any, job_id: JobId, timeout: float | None, propagate: bool) -> Any:

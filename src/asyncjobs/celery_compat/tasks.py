@@ -24,7 +24,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AsyncJobsError, RetryRequested
-from ..jobs import JobContext, JobDef, JobId, Retry
+from ..ids import new_id
+from ..jobs import JobContext, JobDef, JobId, Retry, Signature
+from ..prepare import prepare
 from .options import CALL_OPTIONS, refuse
 from .results import AsyncResult
 
@@ -159,9 +161,34 @@ class Task:
     ) -> AsyncResult:
         """Enqueue with ``countdown=`` (seconds), ``eta=`` (an aware datetime), ``queue=``
         and ``priority=`` (higher runs first). Other Celery options raise a sentence."""
+        bridge = self.celery.bridge
+        if bridge.in_home_loop():  # nothing may block here: check now, write in the background
+            return self._apply_in_loop(args, kwargs, options)
         call = self._call(args, kwargs, options)
-        job_id = self.celery.bridge.call(f"{self.name}.apply_async()", call)
+        job_id = bridge.call(f"{self.name}.apply_async()", call)
         return AsyncResult(job_id, self.celery)
+
+    def _apply_in_loop(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, options: Any
+    ) -> AsyncResult:
+        """``apply_async`` in the app's own loop: the arguments and options are checked (and
+        raise) at once, the handle comes back with the job's id, and the job is written by a
+        task of the loop; the handle's ``get()`` raises what that write raised."""
+        refuse(f"{self.name}.apply_async()", options, CALL_OPTIONS, CALL_KNOWN)
+        delay, run_at = call_times(options)
+        app = self.celery
+        definition = self.job
+        sig = Signature(
+            self.name, tuple(args or ()), dict(kwargs or {}), options.get("queue"),
+            options.get("priority"), run_at, delay, None, False, None, None,
+        )  # fmt: skip
+        job_id = new_id()
+        prepare(sig, definition, job_id, app.clock.time(), app.settings.max_payload_bytes)
+        write = app.bridge.write_soon(
+            f"{self.name}.apply_async() of job {job_id}",
+            app._enqueue(definition, sig, None, None, job_id=job_id),
+        )
+        return AsyncResult(job_id, app, write)
 
     async def aapply_async(
         self,

@@ -155,3 +155,75 @@ def test_a_blocking_call_in_a_pool_worker_is_an_isolation_error(
 def test_an_empty_group_is_a_sentence() -> None:
     with pytest.raises(ValueError, match="at least one"):
         group([])
+
+
+# -- app.conf as Celery reads it: late settings, replaced schedules, item access -----------------
+
+
+def beat_entry(task: Any, schedule: Any) -> dict[str, Any]:
+    return {"task": task.name, "schedule": schedule, "args": [1, 2]}
+
+
+def test_assigning_beat_schedule_again_replaces_what_it_declared() -> None:
+    app = new_app()
+    add = declare(app)
+    app.conf.beat_schedule = {"a": beat_entry(add, 5), "b": beat_entry(add, 6)}
+    app.conf.beat_schedule = {"b": beat_entry(add, 7)}
+    assert sorted(app.schedules) == ["b"] and app.schedules["b"].every_s == 7
+    app.conf.beat_schedule["c"] = beat_entry(add, crontab(minute=0))
+    assert sorted(app.schedules) == ["b", "c"]
+    del app.conf.beat_schedule["b"]
+    assert sorted(app.schedules) == ["c"] and list(app.conf.beat_schedule) == ["c"]
+
+
+def test_a_timezone_set_after_the_beat_schedule_applies_to_its_crontabs() -> None:
+    app = new_app()
+    add = declare(app)
+    app.conf.beat_schedule = {"nightly": beat_entry(add, crontab(hour=3, minute=0))}
+    app.conf.timezone = "Europe/Paris"
+    assert app.schedules["nightly"].tz == "Europe/Paris"
+
+
+def test_a_default_queue_set_after_tasks_use_the_old_one_is_refused() -> None:
+    app = new_app()
+    app.conf.task_default_queue = "early"
+    add = declare(app)
+    assert add.queue == "early"
+    with pytest.raises(CeleryOptionError, match="set it before the tasks are declared"):
+        app.conf.task_default_queue = "late"
+
+
+def test_conf_takes_items_and_config_from_object_reads_a_namespace() -> None:
+    app = new_app()
+    app.conf["worker_concurrency"] = 7
+    assert app.settings.concurrency == 7 and app.conf["worker_concurrency"] == 7
+
+    class Settings:
+        CELERY_RESULT_EXPIRES = 60
+        CELERY_TIMEZONE = "Europe/Paris"
+        DEBUG = True  # not in the namespace: not read
+
+    app.config_from_object(Settings, namespace="CELERY")
+    assert app.settings.retention_s == 60.0 and app.timezone == "Europe/Paris"
+
+    class WithBroker:
+        CELERY_BROKER_URL = "redis://localhost"
+
+    with pytest.raises(CeleryOptionError, match="ASYNCJOBS_DSN"):
+        app.config_from_object(WithBroker, namespace="CELERY")
+
+
+def test_autodiscover_tasks_imports_each_packages_tasks_module() -> None:
+    app = new_app()
+    app.autodiscover_tasks(["tests", "asyncjobs"], related_name="celery_tasks", force=True)
+    import sys
+
+    assert "tests.celery_tasks" in sys.modules  # tests has one; asyncjobs has none: skipped
+
+
+def test_a_handles_id_is_a_string_as_celerys_is() -> None:
+    app = new_app()
+    job_id = new_id()
+    result = app.AsyncResult(job_id)
+    assert result.id == str(job_id) and result.job_id == job_id
+    assert result == app.AsyncResult(str(job_id))

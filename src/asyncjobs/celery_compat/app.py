@@ -17,7 +17,7 @@ from ..app import App
 from ..jobs import JobId
 from ..settings import Settings
 from . import results
-from .beat import crontab, declare
+from .beat import BeatSchedule, crontab, declare, redeclare
 from .bridge import SyncBridge
 from .options import APP_OPTIONS, TASK_OPTIONS, CeleryOptionError, present, refuse
 from .tasks import Task
@@ -57,10 +57,14 @@ class Celery(App):
         self.timezone = "UTC"
         self.default_queue = "default"
         self.tasks: dict[str, Task] = {}  # Celery's app.tasks: name -> task
+        self.beat: dict[str, Mapping[str, Any]] = {}  # the beat entries declared, by name
+        self._autodiscover: list[tuple[Any, str]] = []  # autodiscover_tasks, done at start
         self.conf = Conf(self)
         self.bridge = SyncBridge(self)
 
     async def start(self, *, node: bool = True) -> None:
+        for packages, related_name in self._autodiscover:
+            _import_related(packages, related_name)
         await super().start(node=node)
         self.bridge.home = asyncio.get_running_loop()  # blocking calls from other threads run here
 
@@ -122,6 +126,44 @@ class Celery(App):
                  "kwargs": sig.kwargs, "options": options or sig.options}  # fmt: skip
         declare(self, name or f"{sig.task.name}{tuple(sig.args)!r}", entry)
 
+    def config_from_object(
+        self, obj: Any, *, namespace: str | None = None, silent: bool = False, **_: Any
+    ) -> None:
+        """Read Celery settings from an object or a module (``"proj.settings"``, or
+        ``"django.conf:settings"``). With ``namespace="CELERY"``, the names that start with
+        ``CELERY_`` are read, without it (``CELERY_TIMEZONE`` is ``timezone``); without a
+        namespace, the lower-case names. Each goes through ``app.conf``: mapped, or refused
+        with a sentence (``CELERY_BROKER_URL`` says to set ASYNCJOBS_DSN instead)."""
+        if isinstance(obj, str):
+            try:
+                obj = _load(obj)
+            except ImportError:
+                if silent:
+                    return
+                raise
+        prefix = f"{namespace}_" if namespace else None
+        for name in dir(obj):
+            if prefix is not None:
+                if not name.startswith(prefix):
+                    continue
+                key = name[len(prefix) :].lower()
+            elif name.islower() and not name.startswith("_"):
+                key = name
+            else:
+                continue
+            setattr(self.conf, key, getattr(obj, name))
+
+    def autodiscover_tasks(
+        self, packages: Any = None, related_name: str = "tasks", force: bool = False
+    ) -> None:
+        """Import ``<package>.tasks`` of each package (by default, of each Django app in
+        ``INSTALLED_APPS``) when the app starts, so their tasks register; ``force=True``
+        imports them now."""
+        if force:
+            _import_related(packages, related_name)
+        else:
+            self._autodiscover.append((packages, related_name))
+
     # -- calling -----------------------------------------------------------------------------
 
     def AsyncResult(self, task_id: JobId | str) -> results.AsyncResult:  # Celery's name
@@ -160,15 +202,36 @@ class Conf:
         for key, value in {**(values or {}), **more}.items():
             setattr(self, key, value)
 
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
     def __setattr__(self, key: str, value: Any) -> None:
         celery: Celery = self.__dict__["_celery"]
         refuse("app.conf", [key], _CONF_REFUSED, CONF_KNOWN)
         if key == "beat_schedule":
-            for name, entry in value.items():
-                declare(celery, name, entry)
+            value = BeatSchedule(celery, value)  # replaces what was declared before
         elif key == "timezone":
             celery.timezone = str(value)
+            for name, entry in list(celery.beat.items()):  # their crontabs are in it
+                redeclare(celery, name, entry)
         elif key == "task_default_queue":
+            users = [t.name for t in celery.tasks.values() if t.default_queued]
+            if users and str(value) != celery.default_queue:
+                raise CeleryOptionError(
+                    "app.conf", key,
+                    f"it is read when a task is declared, and {len(users)} already are on "
+                    f"{celery.default_queue!r} ({', '.join(users[:3])}); set it before the "
+                    "tasks are declared, or give each task queue=",
+                )  # fmt: skip
             celery.default_queue = str(value)
         elif key == "worker_concurrency":
             celery.configure(concurrency=value)
@@ -187,3 +250,33 @@ class Conf:
 # Settings whose only accepted value is the asyncjobs one are checked above; the others are
 # refused with what to use instead.
 _CONF_REFUSED = {k: v for k, v in APP_OPTIONS.items() if k not in CONF_KNOWN}
+
+
+def _load(path: str) -> Any:
+    """``"module"`` or ``"module:attribute"``."""
+    import importlib
+
+    module_name, _, attribute = path.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def _import_related(packages: Any, related_name: str) -> None:
+    """Import ``<package>.<related_name>`` of each package that has one."""
+    import importlib
+    import importlib.util
+
+    if callable(packages):
+        packages = packages()
+    if packages is None:
+        from django.conf import settings  # Celery's default: the Django apps
+
+        packages = settings.INSTALLED_APPS
+    for package in packages:
+        name = f"{package}.{related_name}"
+        try:
+            found = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            found = None
+        if found is not None:
+            importlib.import_module(name)

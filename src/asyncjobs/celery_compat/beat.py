@@ -78,8 +78,61 @@ def declare(celery: Celery, name: str, entry: Mapping[str, Any]) -> None:
             f"{schedule!r} is neither a crontab(...) nor a number of seconds or timedelta (solar "
             "and custom schedules have no counterpart)",
         )  # fmt: skip
+    celery.beat[name] = entry
     celery.schedule(
         name, task, cron=cron, every=every, tz=celery.timezone,
         args=tuple(entry.get("args") or ()), kwargs=dict(entry.get("kwargs") or {}),
         queue=options.get("queue"), priority=options.get("priority"),
     )  # fmt: skip
+
+
+def redeclare(celery: Celery, name: str, entry: Mapping[str, Any]) -> None:
+    """Declare a beat entry again (a new definition, or a new time zone), in place of the one
+    of that name: only before the app starts, which is when schedules are read."""
+    if celery._state == "started":
+        raise CeleryOptionError(
+            f"beat_schedule[{name!r}]", "beat_schedule",
+            "schedules are read when the app starts; change them before, or restart the app",
+        )  # fmt: skip
+    undeclare(celery, name)
+    declare(celery, name, entry)
+
+
+def undeclare(celery: Celery, name: str) -> None:
+    celery.beat.pop(name, None)
+    celery.schedules.pop(name, None)
+
+
+class BeatSchedule(dict[str, Any]):
+    """``app.conf.beat_schedule``: assigning it replaces the entries declared before, and
+    setting or deleting one of its keys declares or removes that entry, as Celery reads it."""
+
+    def __init__(self, celery: Celery, entries: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._celery = celery
+        for name in [n for n in celery.beat if n not in entries]:
+            self._check_not_started(name)
+            undeclare(celery, name)
+        for name, entry in entries.items():
+            self[name] = entry
+
+    def _check_not_started(self, name: str) -> None:
+        if self._celery._state == "started":
+            raise CeleryOptionError(
+                f"beat_schedule[{name!r}]", "beat_schedule",
+                "schedules are read when the app starts; change them before, or restart the "
+                "app",
+            )  # fmt: skip
+
+    def __setitem__(self, name: str, entry: Any) -> None:
+        redeclare(self._celery, name, entry)
+        super().__setitem__(name, entry)
+
+    def __delitem__(self, name: str) -> None:
+        self._check_not_started(name)
+        undeclare(self._celery, name)
+        super().__delitem__(name)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for name, entry in dict(*args, **kwargs).items():
+            self[name] = entry

@@ -50,7 +50,8 @@ class AsyncResult:
     def __init__(
         self, id: JobId | str, app: Celery, write: asyncio.Task[Any] | None = None
     ) -> None:
-        self.id: JobId = coerce_job_id(id)
+        self.job_id: JobId = coerce_job_id(id)  # asyncjobs' id (a UUID)
+        self.id = str(self.job_id)  # Celery's task id is a string (JSON-ready, as in Celery)
         self.app = app
         self._write = write  # the job's write, when delay() returned before it (bridge.py)
 
@@ -58,10 +59,10 @@ class AsyncResult:
         return f"<AsyncResult: {self.id}>"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, AsyncResult) and other.id == self.id
+        return isinstance(other, AsyncResult) and other.job_id == self.job_id
 
     def __hash__(self) -> int:
-        return hash(self.id)
+        return hash(self.job_id)
 
     # -- async --------------------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ class AsyncResult:
         if self._write is not None:
             await self._write  # raises what the write raised (the job was not stored)
         try:
-            return await self.app.result(self.id, timeout=timeout)
+            return await self.app.result(self.job_id, timeout=timeout)
         except JobOutcomeError as exc:
             if propagate:
                 raise
@@ -80,7 +81,7 @@ class AsyncResult:
 
     async def arecord(self) -> JobRecord | None:
         try:
-            return await self.app.get(self.id)
+            return await self.app.get(self.job_id)
         except JobNotFoundError:
             return None
 
@@ -89,7 +90,7 @@ class AsyncResult:
 
     async def arevoke(self, terminate: bool = False) -> None:
         """Cancel the job (a running one too: ``terminate`` is how asyncjobs always does it)."""
-        await self.app.cancel(self.id, reason="revoked")
+        await self.app.cancel(self.job_id, reason="revoked")
 
     # -- blocking -------------------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class AsyncResult:
         if self._write is not None:  # made in the app's loop, read from another thread
             self.app.bridge.call("AsyncResult.get()", lambda _: _wait_for(self._write))
         return self.app.bridge.call(
-            "AsyncResult.get()", lambda twin: _get(twin, self.id, timeout, propagate)
+            "AsyncResult.get()", lambda twin: _get(twin, self.job_id, timeout, propagate)
         )
 
     @property
@@ -136,14 +137,14 @@ class AsyncResult:
 
     def revoke(self, terminate: bool = False) -> None:
         self.app.bridge.call(
-            "AsyncResult.revoke()", lambda twin: twin.cancel(self.id, reason="revoked")
+            "AsyncResult.revoke()", lambda twin: twin.cancel(self.job_id, reason="revoked")
         )
 
     def forget(self) -> None:
         """Nothing to do: a job's row is pruned after ``retention_s``."""
 
     def _record(self) -> JobRecord | None:
-        return self.app.bridge.call("AsyncResult.state", lambda twin: _record(twin, self.id))
+        return self.app.bridge.call("AsyncResult.state", lambda twin: _record(twin, self.job_id))
 
 
 class GroupResult:
@@ -169,7 +170,7 @@ class GroupResult:
             return self.aget(timeout, propagate)
         return self.app.bridge.call(
             "GroupResult.get()",
-            lambda twin: _get_all(twin, [r.id for r in self.results], timeout, propagate),
+            lambda twin: _get_all(twin, [r.job_id for r in self.results], timeout, propagate),
         )
 
     def ready(self) -> bool:

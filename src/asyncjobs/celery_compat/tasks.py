@@ -55,7 +55,7 @@ class Request:
     ``args``, ``kwargs``, ``delivery_info`` (its queue)."""
 
     def __init__(self, ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.id = ctx.job_id
+        self.id = str(ctx.job_id)  # a string, as Celery's
         self.retries = ctx.attempt - 1
         self.args = args
         self.kwargs = kwargs
@@ -89,6 +89,7 @@ class Task:
     ) -> None:
         self.celery = celery
         self.name = name
+        self.default_queued = queue is None  # on app.conf.task_default_queue
         self.task_fn = fn
         self.bind = bind
         self.max_retries = MAX_RETRIES_NONE if max_retries is None else max_retries

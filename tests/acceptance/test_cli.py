@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -394,3 +395,25 @@ async def test_show_lists_the_steps_of_a_durable_job(
     detail = orjson.loads((await run_cli("show", str(job_id), "--json", env=env)).stdout)
     assert [s["name"] for s in detail["steps"]] == list(PROVISION_STEPS)
     assert {s["state"] for s in detail["steps"]} == {"succeeded"}
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """`asyncjobs show ID | head`: the command stops with 141 (128 + SIGPIPE), no traceback."""
+    script = (
+        "import sys\n"
+        "from asyncjobs.cli import run_command\n"
+        "async def chatty(args):\n"
+        "    for _ in range(200_000):\n"
+        "        print('x' * 100)\n"
+        "    return 0\n"
+        "sys.exit(run_command(chatty, None))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"xxx")
+    proc.stdout.close()  # as head does after its lines
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert stderr == b"", stderr.decode()

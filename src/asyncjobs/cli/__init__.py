@@ -160,6 +160,16 @@ def run_command(
         return _fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`asyncjobs show ID | head`): stop quietly, as a filter does,
+        # and point stdout at /dev/null so the interpreter's last flush finds no pipe either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a filter cut short
 
 
 def _backend_options() -> dict[str, Any]:

@@ -212,6 +212,14 @@ def test_conf_takes_items_and_config_from_object_reads_a_namespace() -> None:
     with pytest.raises(CeleryOptionError, match="ASYNCJOBS_DSN"):
         app.config_from_object(WithBroker, namespace="CELERY")
 
+    class Module:  # a config module without a namespace: its imports are not settings
+        import os
+
+        worker_concurrency = 9
+
+    app.config_from_object(Module)
+    assert app.settings.concurrency == 9
+
 
 def test_autodiscover_tasks_imports_each_packages_tasks_module() -> None:
     app = new_app()

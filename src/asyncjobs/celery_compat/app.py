@@ -132,7 +132,7 @@ class Celery(App):
         """Read Celery settings from an object or a module (``"proj.settings"``, or
         ``"django.conf:settings"``). With ``namespace="CELERY"``, the names that start with
         ``CELERY_`` are read, without it (``CELERY_TIMEZONE`` is ``timezone``); without a
-        namespace, the lower-case names. Each goes through ``app.conf``: mapped, or refused
+        namespace, the names of Celery settings. Each goes through ``app.conf``: mapped, or refused
         with a sentence (``CELERY_BROKER_URL`` says to set ASYNCJOBS_DSN instead)."""
         if isinstance(obj, str):
             try:
@@ -147,7 +147,7 @@ class Celery(App):
                 if not name.startswith(prefix):
                     continue
                 key = name[len(prefix) :].lower()
-            elif name.islower() and not name.startswith("_"):
+            elif name in CONF_KNOWN or name in APP_OPTIONS:  # not its imports and helpers
                 key = name
             else:
                 continue

@@ -21,7 +21,6 @@ shape degenerate.
 from __future__ import annotations
 
 import statistics
-import time
 
 import asyncpg
 
@@ -34,7 +33,7 @@ from .common import (
     check_drained,
     fresh_schema,
     make_app,
-    wait_until,
+    timed_drain,
 )
 
 NAME = "drain"
@@ -67,17 +66,9 @@ async def _once(dsn: str, n: int) -> tuple[float, float]:
     """One drain; returns (seconds from start to all outcomes written, start-up seconds)."""
     await enqueue_backlog(dsn, SCHEMA, n)
     app, _ = make_app(dsn, SCHEMA, concurrency=CONCURRENCY)
-    t0 = time.perf_counter()
-    await app.start()
-    try:
-        started = time.perf_counter()
-        completer = app.node.completer
-        await wait_until(lambda: completer.flushed >= n, timeout=DRAIN_TIMEOUT_S, what="the drain")
-        elapsed = time.perf_counter() - t0
-    finally:
-        await app.stop()
+    timed = await timed_drain(app, n, DRAIN_TIMEOUT_S)
     await _check_drained(dsn, SCHEMA, n)
-    return elapsed, started - t0
+    return timed
 
 
 async def _bare(dsn: str, n: int) -> tuple[float, float]:

@@ -23,11 +23,9 @@ baseline, and the ratios (the issue's goal: at least 0.9 of the empty table's ra
 
 from __future__ import annotations
 
-import time
-
 import asyncpg
 
-from .common import TABLE, Context, Figure, fresh_schema, make_app, wait_until
+from .common import TABLE, Context, Figure, fresh_schema, make_app, state_counts, timed_drain
 
 NAME = "drain_history"
 SCHEMA = "bench_drain_history"
@@ -77,19 +75,10 @@ async def _drain(dsn: str, scenario: str, n: int, extra: int) -> float:
     """One drain of n jobs in ``scenario``; returns its rate in jobs/s."""
     await _prepare(dsn, scenario, n, extra)
     app, _ = make_app(dsn, SCHEMA, concurrency=CONCURRENCY)
-    t0 = time.perf_counter()
-    await app.start()
-    try:
-        completer = app.node.completer
-        await wait_until(lambda: completer.flushed >= n, timeout=DRAIN_TIMEOUT_S, what="the drain")
-        elapsed = time.perf_counter() - t0
-    finally:
-        await app.stop()
+    elapsed, _ = await timed_drain(app, n, DRAIN_TIMEOUT_S)
     con = await asyncpg.connect(dsn)
     try:
-        counts = dict(
-            await con.fetch(f"SELECT state::text, count(*) FROM {SCHEMA}.{TABLE} GROUP BY 1")
-        )
+        counts = await state_counts(con, SCHEMA)
     finally:
         await con.close()
     if scenario == "backlog":  # n (or a few more) done, the rest still queued, none lost

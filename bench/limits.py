@@ -13,8 +13,6 @@ counts the running jobs of each key through the partial index, in the claim's tr
 
 from __future__ import annotations
 
-import time
-
 import asyncpg
 
 from asyncjobs import App
@@ -27,7 +25,7 @@ from .common import (
     check_drained,
     fresh_schema,
     make_app,
-    wait_until,
+    timed_drain,
 )
 
 NAME = "limits"
@@ -66,15 +64,7 @@ async def _drain(dsn: str, n: int, keyed: bool) -> float:
         await con.execute(f"VACUUM ANALYZE {SCHEMA}.{TABLE}")
     finally:
         await con.close()
-    app = build(dsn)
-    t0 = time.perf_counter()
-    await app.start()
-    try:
-        completer = app.node.completer
-        await wait_until(lambda: completer.flushed >= n, timeout=DRAIN_TIMEOUT_S, what="the drain")
-        elapsed = time.perf_counter() - t0
-    finally:
-        await app.stop()
+    elapsed, _ = await timed_drain(build(dsn), n, DRAIN_TIMEOUT_S)
     con = await asyncpg.connect(dsn)
     try:
         await check_drained(con, SCHEMA, n)

@@ -34,6 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 from asyncjobs import App, PoolError, Settings
 from asyncjobs.django import DjangoApp
 from asyncjobs.pool.memory import memory_use
+from tests.acceptance.nodes import describe
 from tests.procfs import alive, children, cmdline
 
 pytestmark = pytest.mark.postgres
@@ -101,13 +102,6 @@ def manage(
         text=True,
         timeout=timeout,
         check=False,
-    )
-
-
-def describe(result: subprocess.CompletedProcess[str]) -> str:
-    return (
-        f"{result.args!r} exited {result.returncode}\n--- stdout ---\n{result.stdout}\n"
-        f"--- stderr ---\n{result.stderr}"
     )
 
 

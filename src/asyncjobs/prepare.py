@@ -6,7 +6,7 @@ A bad argument, option or payload raises here, naming the job and the value, so 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,7 @@ from .clock import to_timestamp
 from .errors import ConfigurationError, InvalidJobOptionError
 from .jobs import PRIORITY_MAX, PRIORITY_MIN, JobDef, JobId, Signature
 from .limits import MAX_KEY_CHARS, JobLimits, limit_problem
-from .serialization import NUL_ESCAPE, STRICT_JSON, encode_args
+from .serialization import STRICT_JSON, encode_args, suspect
 from .settings import check_queue_name
 from .storable import text_problem
 from .store.base import NewJob
@@ -99,7 +99,7 @@ def _limits(sig: Signature, definition: JobDef[Any, Any], kwargs: Any) -> _Limit
 
 def prepare_bulk(
     items: Sequence[Signature],
-    ids: Sequence[JobId],
+    ids: Iterable[JobId],
     now: float,
     limit: int,
     lookup: Callable[[str], JobDef[Any, Any]],
@@ -132,14 +132,8 @@ def prepare_bulk(
                 payload = dumps((sig.args, kwargs or _NO_KWARGS), option=STRICT_JSON)
             except TypeError:
                 payload = b""
-            # the byte tests of serialization.check_storable, inlined
-            if (
-                payload
-                and len(payload) <= limit
-                and b"null" not in payload
-                and NUL_ESCAPE not in payload
-                and b"e+" not in payload
-            ):
+            # the byte test of serialization.check_storable, inlined
+            if payload and len(payload) <= limit and suspect(payload) is None:
                 yield make(
                     NewJob,
                     (job_id, definition.name, definition.queue, definition.priority, "queued",

@@ -15,7 +15,7 @@ from typing import Any
 from .app_state import AppState
 from .enqueue import with_retries
 from .errors import InvalidJobOptionError, StoreUnavailableError, WorkflowError
-from .ids import new_id, new_ids
+from .ids import ids_as_read, new_id, new_ids
 from .jobs import JobDef, JobId, Signature, coerce_job_id, iter_signatures
 from .prepare import prepare, prepare_bulk
 from .store.base import Store
@@ -126,30 +126,44 @@ class Producing(AppState):
         store = self._check_started()
         items = iter_signatures(signatures)
         now = self.clock.time()
-        ids = new_ids(len(items))
         limit = self._settings.max_payload_bytes
-        if len(items) >= BULK_THRESHOLD and all(
-            s.unique_key is None
-            and s.concurrency_key is None
-            and s.concurrency_limit is None
-            and self._definition(s.name).limits is None
-            for s in items
-        ):
-            # COPY, preparing each job while the previous ones stream (see Store.enqueue_bulk).
+        if len(items) >= BULK_THRESHOLD and self._copyable(items):
+            # COPY, making each id and preparing each job while the previous ones stream (see
+            # Store.enqueue_bulk).
+            ids: list[JobId] = []
+            reading = ids_as_read(len(items), ids)
             try:
                 await store.enqueue_bulk(
-                    prepare_bulk(items, ids, now, limit, self._definition, trace)
+                    prepare_bulk(items, reading, now, limit, self._definition, trace)
                 )
                 return ids
             except StoreUnavailableError as exc:
                 # The COPY may have committed before its answer was lost. Write the same jobs
                 # (same ids) the other way, which skips those that exist.
                 log.warning("enqueue_many's COPY failed (%s); writing again by INSERT", exc.why)
+                for _ in reading:  # make (and append) the ids the COPY did not reach
+                    pass
+        else:
+            ids = new_ids(len(items))
         jobs = [
             prepare(sig, self._definition(sig.name), job_id, now, limit, trace)
             for sig, job_id in zip(items, ids, strict=True)
         ]
         return await with_retries(partial(store.enqueue, jobs))
+
+    def _copyable(self, items: Sequence[Signature]) -> bool:
+        """Whether every job may go by COPY, which writes neither unique keys nor limits."""
+        if any(
+            s.unique_key is not None
+            or s.concurrency_key is not None
+            or s.concurrency_limit is not None
+            for s in items
+        ):
+            return False
+        # Each job name once (in order, so an unknown one is reported as the first such)
+        return all(
+            self._definition(name).limits is None for name in dict.fromkeys(s.name for s in items)
+        )
 
     async def submit(self, workflow: Workflow | Item, *, name: str | None = None) -> WorkflowId:
         """Submit a workflow (a ``Workflow``, chain, group, chord or signature) and return its

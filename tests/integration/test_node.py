@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from asyncjobs import (
     StoreUnavailableError,
 )
 from asyncjobs import enqueue as enqueue_module
+from asyncjobs import ids as ids_module
 from asyncjobs.store.postgres import PostgresStore
 from tests.helpers import wait_until
 
@@ -465,6 +467,7 @@ class FlakyWrites:
 
     failures = 0
     committed_then_lost = 0
+    broken_mid_copy = False
 
     async def enqueue(self, jobs: Any) -> Any:
         if self.failures:
@@ -476,6 +479,11 @@ class FlakyWrites:
         return await super().enqueue(jobs)  # type: ignore[misc]
 
     async def enqueue_bulk(self, jobs: Any) -> Any:
+        if self.broken_mid_copy:  # read part of the stream, write nothing
+            self.broken_mid_copy = False
+            for _ in itertools.islice(jobs, 100):
+                pass
+            raise StoreUnavailableError("test", "the connection broke during the COPY")
         if self.failures:
             self.failures -= 1
             await super().enqueue_bulk(jobs)  # type: ignore[misc]
@@ -505,6 +513,17 @@ async def test_enqueue_retries_a_lost_connection_without_doubling_jobs(
             await app.result(job_id, timeout=20)
         assert sorted(t for t in probe.started if t != "single") == list(range(300))
         assert probe.started.count("single") == 1
+        # A COPY that breaks part way: the INSERT that follows writes every job, with the ids
+        # returned (those the COPY had made, then the rest), each once.
+        monkeypatch.setattr(ids_module, "_READ_CHUNK", 64)  # the COPY stops between chunks
+        store.broken_mid_copy = True
+        probe.started.clear()
+        again = await app.enqueue_many([app.signature("track", i, 0.0) for i in range(300)])
+        assert len(set(again)) == 300 and not set(again) & set(bulk)
+        assert again == sorted(again)  # made in order, as ever
+        for job_id in again:
+            await app.result(job_id, timeout=20)
+        assert sorted(probe.started) == list(range(300))
         store.failures = 4  # more than the retries: the caller is told
         with pytest.raises(StoreUnavailableError):
             await app.enqueue("track", "given up", 0.0)

@@ -96,6 +96,39 @@ def test_a_batch_larger_than_one_millisecond_of_counter_still_increases(
     assert_strictly_increasing([*batch, *new_ids(1)])
 
 
+def counter(value: uuid.UUID) -> int:
+    """The 26-bit counter an id carries: 12 bits after the version, 14 after the variant."""
+    return (value.int >> 64 & 0xFFF) << 14 | (value.int >> 48 & 0x3FFF)
+
+
+@pytest.mark.parametrize("read", [new_ids, lambda n: list(ids.ids_as_read(n, []))])
+def test_counters_across_a_multiple_of_2_to_the_14_are_consecutive_in_the_layout(
+    fake_clock: Callable[[list[int]], None], read: Callable[[int], list[uuid.UUID]]
+) -> None:
+    # Ids are packed in runs that stop where the counter's low 14 bits wrap (ids._chunk).
+    fake_clock([1000, 1000, 1000])
+    new_ids(16_380)
+    batch = read(40_000)  # crosses 16,384 and 32,768
+    assert [counter(v) for v in batch] == list(range(16_380, 56_380))
+    assert {stamp_ms(v) for v in batch} == {1000}
+    assert {v.version for v in batch} == {7} and {v.variant for v in batch} == {uuid.RFC_4122}
+    assert_strictly_increasing(batch)
+
+
+def test_ids_as_read_appends_each_chunk_before_its_first_id(
+    fake_clock: Callable[[list[int]], None],
+) -> None:
+    fake_clock([1000, 1000])
+    made: list[uuid.UUID] = []
+    reading = ids.ids_as_read(2_500, made)
+    later = new_ids(1)  # reserved after the 2,500, so above all of them, made or not
+    first = next(reading)
+    assert made[0] == first and len(made) == ids._READ_CHUNK
+    rest = list(reading)
+    assert made == [first, *rest] and len(made) == 2_500
+    assert_strictly_increasing([*made, *later])
+
+
 def test_a_clock_that_steps_back_still_gives_increasing_ids(
     fake_clock: Callable[[list[int]], None],
 ) -> None:

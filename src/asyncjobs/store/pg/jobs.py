@@ -67,21 +67,22 @@ class JobsMixin(PgStoreBase):
             # the server ingests the previous ones. A plain generator: asyncpg consumes it in
             # a tight loop and writes whenever its buffer fills; an async one would cost a
             # coroutine resume per row.
+            # A NewJob unpacked into locals: at 20,000 jobs, attribute reads cost milliseconds.
             nonlocal earliest_scheduled
-            for j in jobs:
-                if j.unique_key is not None or j.limited:
+            for (
+                job_id, name, queue, priority, state, args, run_at, max_attempts, unique_key,
+                concurrency_key, _, rate_key, _, _, trace,
+            ) in jobs:  # fmt: skip
+                if unique_key is not None or concurrency_key is not None or rate_key is not None:
                     raise ValueError("enqueue_bulk cannot honour unique keys or limits")
-                when = times.get(j.run_at)
+                when = times.get(run_at)
                 if when is None:
-                    when = times[j.run_at] = to_datetime(j.run_at)
-                if j.state == "queued":
-                    ready_queues.add(j.queue)
-                elif earliest_scheduled is None or j.run_at < earliest_scheduled:
-                    earliest_scheduled = j.run_at
-                yield (
-                    j.id, j.name, j.queue, j.priority, j.state, j.args, when, j.max_attempts,
-                    j.trace,
-                )  # fmt: skip
+                    when = times[run_at] = to_datetime(run_at)
+                if state == "queued":
+                    ready_queues.add(queue)
+                elif earliest_scheduled is None or run_at < earliest_scheduled:
+                    earliest_scheduled = run_at
+                yield job_id, name, queue, priority, state, args, when, max_attempts, trace
 
         async with self._errors(), self._enqueue_lane.connection() as con, con.transaction():
             await con.copy_records_to_table(

@@ -359,7 +359,7 @@ class Node:
     def finish(self, job: RunningJob, outcome: Outcome) -> None:
         """Record how an attempt ended and free its slot (once; later calls are ignored)."""
         if self._release(job):
-            if job.started is not None:
+            if job.started is not None and outcome.wall_s is None:
                 o = outcome
                 outcome = Outcome(
                     o.id, o.attempt, o.state, o.result, o.error, o.finished_at, o.run_at,

@@ -7,12 +7,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from ...jobs import JobId
 from ..base import Outcome, PromoteResult
 from .base import PgStoreBase
+
+_NULLABLE = tuple(
+    Outcome._fields.index(f) for f in ("result", "error", "run_at", "reason", "wall_s", "cpu_s")
+)
 
 
 def _by_id(outcome: Outcome) -> JobId:
@@ -37,7 +42,14 @@ class ClaimsMixin(PgStoreBase):
             return []
         # In id order, the order every statement that locks several jobs takes its locks in
         # (stable: of two outcomes for one job, the first still comes first).
-        cols = list(zip(*sorted(outcomes, key=_by_id), strict=True))
+        cols: list[tuple[Any, ...] | None] = list(zip(*sorted(outcomes, key=_by_id), strict=True))
+        # A column that is all NULL (no errors, no retries, no results: the common batch) goes
+        # as one NULL instead of an array of them: complete_jobs's unnest pads it with NULLs,
+        # and asyncpg's array encoder costs about 0.3 µs per element.
+        for i in _NULLABLE:
+            column = cols[i]
+            if column is not None and column.count(None) == len(column):
+                cols[i] = None
         async with self._errors(), self._complete_lane.connection() as con:
             rows = await con.fetch(self.q["complete"], node_id, *cols)
         return [r[0] for r in rows]

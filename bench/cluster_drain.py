@@ -18,16 +18,22 @@ index probes on the partial indexes of queued and running jobs. A count afterwar
 all N succeeded.
 
 The machine has 2 cores, shared by the nodes and Postgres: 3 nodes cannot scale 3x here. The
-3-node/1-node ratio is what this machine gives, not what a cluster of machines would.
+3-node/1-node ratio is what this machine gives, not what a cluster of machines would. To show
+what bounds it, each drain also reads the CPU time used in its timed span by the node
+processes and by every Postgres process (backends, WAL writer, the rest), from /proc through
+psutil, and how many of the machine's cores were busy (JSON: ``cpu``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import statistics
 import time
 from contextlib import AsyncExitStack
 
 import asyncpg
+import psutil
 
 from .common import TABLE, Context, Figure, alternate, check_drained, no_jobs_in
 from .drain import CONCURRENCY, enqueue_backlog
@@ -41,8 +47,46 @@ GATE_TIMEOUT_S = 20.0
 DRAIN_TIMEOUT_S = 120.0
 
 
-async def _once(dsn: str, n: int, nodes: int) -> float:
-    """One drain of n jobs by ``nodes`` node processes; returns the seconds it took."""
+class CpuMeter:
+    """CPU seconds used by some processes (and by Postgres's) between ``start`` and ``stop``."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.nodes = [psutil.Process(pid) for pid in pids]
+
+    @staticmethod
+    def _cpu(processes: list[psutil.Process]) -> float:
+        total = 0.0
+        for p in processes:
+            with contextlib.suppress(psutil.Error):  # a backend that ended meanwhile
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    @staticmethod
+    def _postgres() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+    def start(self) -> None:
+        self.pg = self._postgres()  # the nodes' pools are open by now: their backends too
+        self.t0, self.busy0 = time.perf_counter(), psutil.cpu_times()
+        self.node0, self.pg0 = self._cpu(self.nodes), self._cpu(self.pg)
+
+    def stop(self) -> dict[str, float]:
+        node, pg, busy = self._cpu(self.nodes), self._cpu(self.pg), psutil.cpu_times()
+        wall = time.perf_counter() - self.t0
+        idle = (busy.idle + busy.iowait) - (self.busy0.idle + self.busy0.iowait)
+        return {
+            "wall_s": wall,
+            "nodes_cpu_s": node - self.node0,
+            "postgres_cpu_s": pg - self.pg0,
+            "cores": float(psutil.cpu_count() or 1),
+            "cores_busy": (psutil.cpu_count() or 1) - idle / wall,
+        }
+
+
+async def _once(dsn: str, n: int, nodes: int, cpu: list[dict[str, float]]) -> float:
+    """One drain of n jobs by ``nodes`` node processes; returns the seconds it took and
+    appends the CPU it used to ``cpu``."""
     await enqueue_backlog(dsn, SCHEMA, n)
     done_sql = f"SELECT {no_jobs_in(SCHEMA, 'queued', 'running')}"
     gate = await asyncpg.connect(dsn)
@@ -52,11 +96,15 @@ async def _once(dsn: str, n: int, nodes: int) -> float:
             await tx.start()
             # SHARE blocks UPDATE (the claim) but not SELECT (heartbeats read cancel requests).
             await gate.execute(f"LOCK TABLE {SCHEMA}.{TABLE} IN SHARE MODE")
+            pids = []
             for _ in range(nodes):
-                await stack.enter_async_context(
+                node = await stack.enter_async_context(
                     NodeProcess(dsn, SCHEMA, concurrency=CONCURRENCY, shutdown_grace_s=0.0)
                 )
+                pids.append(node.pid)
             await _wait_for_waiting_claims(dsn, nodes)
+            meter = CpuMeter(pids)
+            meter.start()
             t0 = time.perf_counter()
             await tx.rollback()
             deadline = t0 + DRAIN_TIMEOUT_S
@@ -65,6 +113,7 @@ async def _once(dsn: str, n: int, nodes: int) -> float:
                     raise TimeoutError(f"{nodes} nodes did not drain {n} jobs in time")
                 await asyncio.sleep(POLL_S)
             elapsed = time.perf_counter() - t0
+            cpu.append(meter.stop())
         await check_drained(gate, SCHEMA, n)
     finally:
         await gate.close()
@@ -90,14 +139,28 @@ async def _wait_for_waiting_claims(dsn: str, nodes: int) -> None:
         await con.close()
 
 
+def _cpu_summary(samples: list[dict[str, float]], n: int) -> dict[str, float]:
+    def median(key: str) -> float:
+        return statistics.median(s[key] for s in samples)
+
+    per_k = 1000 / n
+    return {
+        "nodes_cpu_ms_per_1000_jobs": median("nodes_cpu_s") * 1000 * per_k,
+        "postgres_cpu_ms_per_1000_jobs": median("postgres_cpu_s") * 1000 * per_k,
+        "cores_busy": median("cores_busy"),
+        "cores": median("cores"),
+    }
+
+
 async def run(ctx: Context) -> list[Figure]:
     n = ctx.size(30_000, 3_000)
     one, many = NODE_COUNTS
     # alternate() swaps which side runs first in each repeat; here both sides are asyncjobs.
+    cpu: dict[int, list[dict[str, float]]] = {one: [], many: []}
     multi, single = await alternate(
         ctx,
-        lambda: _once(ctx.dsn, n, many),
-        lambda: _once(ctx.dsn, n, one),
+        lambda: _once(ctx.dsn, n, many, cpu[many]),
+        lambda: _once(ctx.dsn, n, one, cpu[one]),
         lambda m, s: f"{one} node {n / s:,.0f} jobs/s; {many} nodes {n / m:,.0f} jobs/s",
     )
     params = {
@@ -110,6 +173,8 @@ async def run(ctx: Context) -> list[Figure]:
         "cores": "2: the nodes and Postgres share them, so 3 nodes cannot scale linearly here",
         "seconds_1_node": single,
         "seconds_3_nodes": multi,
+        # What bounds the 3-node figure: CPU seconds per 1,000 jobs and busy cores, medians
+        "cpu": {f"{k}_nodes": _cpu_summary(v, n) for k, v in cpu.items()},
     }
     return [
         Figure(

@@ -90,11 +90,12 @@ async def execute(node: JobRunner, job: RunningJob, raw_args: bytes) -> None:
         except PayloadError as exc:
             outcome = failed_outcome(node, job, exc)
         else:
-            # With its run time and CPU time now, so that finish need not build it again
-            outcome = Outcome(
+            # With its run time and CPU time now, so that finish need not build it again;
+            # tuple.__new__ skips the named tuple's Python-level __new__ (half the cost)
+            outcome = tuple.__new__(Outcome, (
                 job.id, job.attempt, "succeeded", data, None, node.clock.time(), None, None,
                 time.monotonic() - job.started, job.cpu,
-            )  # fmt: skip
+            ))  # fmt: skip
     node.finish(job, outcome)
 
 

@@ -58,4 +58,6 @@ class PostgresStore(
                 self.q["claim"], node_id, list(limits.keys()), list(limits.values()), now,
                 MAX_INPUT_BYTES, list(freeing),
             )  # fmt: skip
-        return [ClaimedJob(*r) for r in rows]
+        # tuple.__new__ takes the record's values in C: half the cost of ClaimedJob(*r)
+        make = tuple.__new__
+        return [make(ClaimedJob, r) for r in rows]

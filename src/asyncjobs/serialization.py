@@ -45,7 +45,8 @@ STRICT_JSON |= orjson.OPT_PASSTHROUGH_SUBCLASS
 
 NUL_ESCAPE = b"\\u0000"  # how orjson writes U+0000; found also inside an escaped backslash
 # The three signs check_storable looks for, found in one pass: three ``in`` tests cost about
-# 0.5 µs even on a payload of a few bytes, which at 20,000 jobs is a third of enqueue_many.
+# 0.5 µs even on a payload of a few bytes (0.1 µs for this), at 20,000 jobs 10 ms of
+# enqueue_many's Python, a third of prepare_bulk's.
 suspect = re.compile(rb"null|\\u0000|e\+").search
 
 _HINTS = {
